@@ -1,0 +1,44 @@
+"""Where each stage's data lives in the bucket (ARCHITECTURE.md, "The path of the data").
+
+Every S3 path string in updraft comes from here, so the layout is one readable table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Layout:
+    bucket: str
+    dataset: str
+
+    def _uri(self, *parts: str) -> str:
+        return "s3://" + "/".join([self.bucket, *parts])
+
+    def curated(self) -> str:
+        return self._uri("curated", self.dataset) + "/"
+
+    def quarantine(self, run_id: str) -> str:
+        return self._uri("quarantine", run_id) + "/"
+
+    def features(self, run_id: str) -> str:
+        return self._uri("features", run_id) + "/"
+
+    def split(self, run_id: str, split: str) -> str:
+        return self._uri("features", run_id, split) + "/"
+
+    def transform(self, run_id: str) -> str:
+        return self._uri("features", run_id, "transform.json")
+
+    def model_prefix(self, run_id: str) -> str:
+        return self._uri("models", run_id) + "/"
+
+    def model(self, run_id: str) -> str:
+        return self._uri("models", run_id, "model.tar.gz")
+
+    def evaluation(self, run_id: str) -> str:
+        return self._uri("models", run_id, "evaluation.json")
+
+    def report(self, run_id: str) -> str:
+        return self._uri("reports", run_id, "report.html")
