@@ -16,7 +16,6 @@ EMBEDDED_ENV = {
     "AWS_SESSION_TOKEN": "updraft-embedded",
     # moto answers 500 for calls it lacks; retrying those only hides the message.
     "AWS_MAX_ATTEMPTS": "1",
-    "UPDRAFT_TARGET": "embedded",
 }
 
 

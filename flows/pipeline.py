@@ -1,0 +1,105 @@
+"""The whole pipeline as one Prefect flow: each numbered line is a stage (tasks/<stage>).
+
+The flow only wires: it reads the config, resolves the target, and hands each stage
+what the previous one produced. Paths, clients and maths live in ``tasks``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+from typing import Any, Iterator
+
+from prefect import flow, get_run_logger
+
+from tasks.aws.target import resolve_target
+from tasks.compute import dask_client
+from tasks.config import PipelineConfig, load_config
+from tasks.runs import new_run_id
+
+
+@contextlib.contextmanager
+def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[stage] = round(time.perf_counter() - start, 3)
+
+
+def _plain(result: Any) -> Any:
+    return dataclasses.asdict(result) if dataclasses.is_dataclass(result) else result
+
+
+def run_pipeline(config: PipelineConfig, *, run_id: str | None = None, target_kind: str | None = None) -> dict[str, Any]:
+    """Run every stage in order and return the run summary (what ``updraft run --json`` prints)."""
+    from tasks.deploy import deploy_stage
+    from tasks.evaluate import evaluate_stage
+    from tasks.features.preprocess import preprocess_stage
+    from tasks.ingest import ingest_stage
+    from tasks.preflight import preflight
+    from tasks.registry import register_stage
+    from tasks.report import report_stage
+    from tasks.training import train_stage
+
+    logger = get_run_logger()
+    run_id = run_id or new_run_id()
+    target = resolve_target(target_kind, config.aws.region)
+    timings: dict[str, float] = {}
+    summary: dict[str, Any] = {
+        "run_id": run_id,
+        "target": target.kind,
+        "config": {
+            "name": config.name,
+            "bucket": config.bucket,
+            "source": config.source_uri,
+            "task": config.task,
+            "label": config.label,
+        },
+        "timings_s": timings,
+    }
+    logger.info("run %s on the %s target: %s", run_id, target.kind, config.source_uri)
+
+    # 0. check everything the user controls before spending minutes
+    with _timed(timings, "preflight"):
+        plan = preflight(config, target)
+
+    with dask_client(config.dask.scheduler_address, config.dask.n_workers) as client:
+        # 1. ingest: raw files -> curated Parquet + quarantine
+        with _timed(timings, "ingest"):
+            ingest = ingest_stage(config, target, run_id, client)
+        summary["ingest"] = _plain(ingest)
+        # 2. preprocess: curated -> feature splits + transform.json
+        with _timed(timings, "preprocess"):
+            prep = preprocess_stage(config, target, run_id, plan.features, plan.kinds, plan.input_columns, client)
+        summary["preprocess"] = _plain(prep)
+
+    # 3. train: the training container's entry point (local process or SageMaker job)
+    with _timed(timings, "train"):
+        trained = train_stage(config, target, run_id, prep.features_uri)
+    summary["train"] = _plain(trained)
+    # 4. evaluate: model vs baselines on the test split; the gate
+    with _timed(timings, "evaluate"):
+        evaluation = evaluate_stage(config, target, run_id, prep.features_uri, trained.model_dir)
+    summary["evaluate"] = evaluation.to_dict()
+    # 5. register: a versioned model package, approved only when the gate passed
+    with _timed(timings, "register"):
+        registered = register_stage(config, target, run_id, trained.model_uri, evaluation)
+    summary["register"] = _plain(registered)
+    # 6. deploy: the endpoint (a local process on local targets)
+    with _timed(timings, "deploy"):
+        deployed = deploy_stage(config, target, run_id, trained.model_uri, trained.model_dir, evaluation)
+    summary["deploy"] = _plain(deployed)
+    # 7. report: one HTML page a person reads
+    with _timed(timings, "report"):
+        report = report_stage(config, target, run_id, summary, evaluation)
+    summary["report"] = report.path
+    summary["report_uri"] = report.uri
+    return summary
+
+
+@flow(name="updraft-pipeline", log_prints=False, validate_parameters=False)
+def pipeline_flow(config_path: str, run_id: str | None = None, target_kind: str | None = None) -> dict[str, Any]:
+    """The Prefect entry point: a path to the config, so deployments can schedule it."""
+    return run_pipeline(load_config(config_path), run_id=run_id, target_kind=target_kind)
