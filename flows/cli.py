@@ -43,6 +43,9 @@ def _configure_logging(verbose: bool = False) -> None:
     for noisy in ("werkzeug", "distributed", "botocore", "s3fs", "fsspec", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     os.environ.setdefault("PREFECT_LOGGING_COLORS", "false")
+    # The temporary Prefect server's telemetry heartbeat races its own SQLite setup and
+    # prints a "database is locked" traceback on a fresh home; updraft sends no telemetry.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
 def _fail(message: str, code: int = 2) -> None:
