@@ -1,0 +1,500 @@
+"""Judge a trained model against baselines fitted on the same data: the pipeline's gate.
+
+A model is only worth registering if it beats what a constant, a regularised linear
+model and a shallow tree already achieve on the same test rows; a metric on its own
+("AUC 0.83") says nothing about whether the trees earned their keep. The decision is
+direction-aware (RMSE falls, AUC and F1 rise) and comes with a sentence saying why, so
+the report and the registry can show it to a person.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from tasks.aws.target import Target
+from tasks.config import PipelineConfig
+from tasks.errors import ConfigError, DataError
+from tasks.layout import Layout
+
+log = logging.getLogger("updraft.evaluate")
+
+LABEL_COLUMN = "_label"
+
+#: Resamples for the bootstrap interval of the model's main metric.
+N_BOOTSTRAP = 400
+#: Points kept per ROC curve for the report.
+MAX_ROC_POINTS = 200
+#: (actual, predicted) pairs kept for the regression scatter.
+MAX_SCATTER_POINTS = 500
+#: Linear and depth-3 tree baselines stop improving long before this many rows; the cap
+#: keeps evaluation to seconds on big splits. The test split is never subsampled.
+MAX_BASELINE_TRAIN_ROWS = 500_000
+#: Bootstrap counts are drawn in blocks of about this many cells (8 MB as float64): small
+#: enough to stay in cache and to bound memory on big test splits.
+_BOOTSTRAP_BLOCK_CELLS = 1_000_000
+
+
+class PredictsFeatures(Protocol):
+    """What evaluation needs from a model bundle (``tasks.modelbundle.ModelBundle``)."""
+
+    spec: dict[str, Any]
+
+    def predict_features(self, X: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class _Metric:
+    name: str
+    label: str
+    greater_is_better: bool
+
+
+_MAIN_METRICS = {
+    "binary_classification": _Metric("roc_auc", "ROC-AUC", True),
+    "multiclass_classification": _Metric("macro_f1", "macro-F1", True),
+    "regression": _Metric("rmse", "RMSE", False),
+}
+
+
+def metric_label(name: str) -> str:
+    """The name a person reads for a metric key (``roc_auc`` → ``ROC-AUC``)."""
+    for metric in _MAIN_METRICS.values():
+        if metric.name == name:
+            return metric.label
+    return name
+
+
+@dataclass
+class EvaluationResult:
+    """The gate's verdict and everything the report shows about it; JSON-ready via :meth:`to_dict`."""
+
+    task: str
+    metric: str
+    greater_is_better: bool
+    model: float
+    model_ci: list[float]
+    baselines: dict[str, float]
+    best_baseline: str
+    lift: float
+    min_lift: float
+    passed: bool
+    reason: str
+    secondary: dict[str, float]
+    n_test: int
+    plots: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values only; a metric that is undefined (NaN) becomes None, so the JSON is strict."""
+        return _finite_or_none(asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "EvaluationResult":
+        """Rebuild a result from ``evaluation.json`` (or a run summary's ``evaluate`` entry)."""
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+
+# --------------------------------------------------------------------------------------
+# metrics
+
+
+def _roc_auc(y: np.ndarray, score: np.ndarray) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(y, score))
+
+
+def _macro_f1(y: np.ndarray, pred: np.ndarray) -> float:
+    from sklearn.metrics import f1_score
+
+    return float(f1_score(y, pred, average="macro", zero_division=0))
+
+
+def _rmse(y: np.ndarray, pred: np.ndarray) -> float:
+    return float(np.sqrt(np.mean((np.asarray(y, float) - np.asarray(pred, float)) ** 2)))
+
+
+# --------------------------------------------------------------------------------------
+# bootstrap: every resample is a row of multiplicities (how often each test row was drawn),
+# so a metric is a few whole-matrix operations over a block of resamples at once. Each
+# metric prepares its rows once (sorting, one-hot) and returns a function of those counts;
+# rows are exchangeable under resampling, so counts may be drawn in the prepared order.
+
+Resampled = Callable[[np.ndarray], np.ndarray]
+
+
+def _bootstrap_counts(n: int, n_boot: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
+    block = max(1, min(n_boot, _BOOTSTRAP_BLOCK_CELLS // max(n, 1)))
+    done = 0
+    while done < n_boot:
+        b = min(block, n_boot - done)
+        idx = rng.integers(0, n, size=(b, n), dtype=np.int64 if b * n >= 2**31 else np.int32)
+        idx += (np.arange(b, dtype=idx.dtype) * n)[:, None]
+        yield np.bincount(idx.ravel(), minlength=b * n).reshape(b, n).astype(np.float64)
+        done += b
+
+
+def _resampled_auc(y: np.ndarray, score: np.ndarray) -> Resampled:
+    # AUC = P(score_pos > score_neg) + P(tie) / 2: walk the distinct scores upwards, weighing
+    # each positive by the negatives below it (and half of those tied with it).
+    order = np.argsort(score, kind="stable")
+    s = score[order]
+    neg = (y[order] != 1).astype(np.float64)
+    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
+    tied = starts.size < s.size
+
+    def auc(w: np.ndarray) -> np.ndarray:
+        wn = w * neg
+        wp = w - wn
+        if tied:
+            wp, wn = np.add.reduceat(wp, starts, axis=1), np.add.reduceat(wn, starts, axis=1)
+        below = np.cumsum(wn, axis=1)
+        below -= 0.5 * wn
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.einsum("ij,ij->i", wp, below) / (wp.sum(axis=1) * wn.sum(axis=1))
+
+    return auc
+
+
+def _resampled_macro_f1(y: np.ndarray, pred: np.ndarray) -> Resampled:
+    classes = np.union1d(y, pred)
+    hit = (y == pred)[:, None]
+    y_is = y[:, None] == classes[None, :]
+    pred_is = pred[:, None] == classes[None, :]
+    tp_rows, fn_rows, fp_rows = (y_is & hit).astype(float), (y_is & ~hit).astype(float), (pred_is & ~hit).astype(float)
+
+    def macro_f1(w: np.ndarray) -> np.ndarray:
+        tp, fn, fp = w @ tp_rows, w @ fn_rows, w @ fp_rows
+        denom = 2 * tp + fp + fn
+        with np.errstate(invalid="ignore", divide="ignore"):
+            f1 = np.where(denom > 0, 2 * tp / denom, np.nan)
+        # As scikit-learn does: a class in neither the labels nor the predictions of a
+        # resample does not count towards its macro average.
+        return np.nanmean(f1, axis=1)
+
+    return macro_f1
+
+
+def _resampled_rmse(y: np.ndarray, pred: np.ndarray) -> Resampled:
+    sq = (np.asarray(y, float) - np.asarray(pred, float)) ** 2
+    return lambda w: np.sqrt(w @ sq / sq.shape[0])
+
+
+def bootstrap_interval(statistic: Resampled, n: int, *, n_boot: int = N_BOOTSTRAP, seed: int = 0) -> list[float]:
+    """Percentile 95% interval of a metric over resamples of the ``n`` test rows: how far luck alone moves it."""
+    rng = np.random.default_rng(seed)
+    values = np.concatenate([statistic(counts) for counts in _bootstrap_counts(n, n_boot, rng)])
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return [math.nan, math.nan]
+    lo, hi = np.percentile(values, [2.5, 97.5])
+    return [float(lo), float(hi)]
+
+
+# --------------------------------------------------------------------------------------
+# baselines
+
+
+def _baseline_models(task: str, seed: int) -> dict[str, Any]:
+    from sklearn.dummy import DummyClassifier, DummyRegressor
+    from sklearn.linear_model import LogisticRegression, Ridge
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor
+
+    if task == "regression":
+        return {
+            "constant": DummyRegressor(strategy="mean"),
+            "ridge": make_pipeline(StandardScaler(), Ridge(alpha=1.0)),
+            "decision_tree": DecisionTreeRegressor(max_depth=3, random_state=seed),
+        }
+    return {
+        "constant": DummyClassifier(strategy="prior"),
+        "logistic_regression": make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=1000)),
+        "decision_tree": DecisionTreeClassifier(max_depth=3, random_state=seed),
+    }
+
+
+def _positive_proba(estimator: Any, X: np.ndarray) -> np.ndarray:
+    proba = estimator.predict_proba(X)
+    classes = list(estimator.classes_)
+    return proba[:, classes.index(1)] if 1 in classes else np.zeros(X.shape[0])
+
+
+# --------------------------------------------------------------------------------------
+# evaluation
+
+
+def _split_xy(frame: pd.DataFrame, feature_names: list[str], split: str) -> tuple[np.ndarray, np.ndarray]:
+    if LABEL_COLUMN not in frame.columns:
+        raise DataError(f"the {split} split has no {LABEL_COLUMN!r} column: rerun preprocess for this run")
+    missing = [c for c in feature_names if c not in frame.columns]
+    if missing:
+        raise DataError(
+            f"the {split} split lacks feature column {missing[0]!r} that the model expects: "
+            "evaluate the model on the features of the run that trained it"
+        )
+    X = frame[feature_names].to_numpy(dtype=np.float32)
+    y = frame[LABEL_COLUMN].to_numpy(dtype=np.float64)
+    return X, y
+
+
+def _fmt(value: float) -> str:
+    if value != 0 and (abs(value) >= 1000 or abs(value) < 0.001):
+        return f"{value:.4g}"
+    return f"{value:.3f}"
+
+
+def _decide(metric: _Metric, model: float, baselines: dict[str, float], min_lift: float) -> tuple[str, float, bool, str]:
+    pick = max if metric.greater_is_better else min
+    best = pick(baselines, key=lambda name: baselines[name])
+    lift = model - baselines[best] if metric.greater_is_better else baselines[best] - model
+    passed = bool(lift > min_lift)
+    head = f"model {metric.label} {_fmt(model)}"
+    best_text = f"the best baseline ({best}, {_fmt(baselines[best])})"
+    better = "higher" if metric.greater_is_better else "lower"
+    if passed:
+        reason = f"{head} beats {best_text} by {_fmt(lift)} > min_lift {_fmt(min_lift)}"
+    elif lift > 0:
+        reason = (
+            f"{head} beats {best_text} by only {_fmt(lift)}, "
+            f"not by more than min_lift {_fmt(min_lift)}"
+        )
+    else:
+        reason = (
+            f"{head} does not beat {best_text} ({better} is better; lift {_fmt(lift)}, "
+            f"min_lift {_fmt(min_lift)})"
+        )
+    return best, float(lift), passed, reason
+
+
+def _downsample_curve(xs: np.ndarray, ys: np.ndarray, limit: int) -> tuple[list[float], list[float]]:
+    if xs.size > limit:
+        keep = np.unique(np.linspace(0, xs.size - 1, limit).round().astype(int))
+        xs, ys = xs[keep], ys[keep]
+    return [round(float(v), 5) for v in xs], [round(float(v), 5) for v in ys]
+
+
+def _roc_points(y: np.ndarray, score: np.ndarray, auc: float) -> dict[str, Any]:
+    from sklearn.metrics import roc_curve
+
+    fpr, tpr, _ = roc_curve(y, score)
+    fpr_l, tpr_l = _downsample_curve(fpr, tpr, MAX_ROC_POINTS)
+    return {"fpr": fpr_l, "tpr": tpr_l, "auc": auc}
+
+
+def _class_names(spec: dict[str, Any], k: int) -> list[str]:
+    names = spec.get("label_classes") or []
+    return [str(n) for n in names] if len(names) == k else [str(i) for i in range(k)]
+
+
+def evaluate_model(
+    *,
+    bundle: PredictsFeatures,
+    train: pd.DataFrame,
+    test: pd.DataFrame,
+    task: str,
+    min_lift: float = 0.0,
+    seed: int = 0,
+    n_bootstrap: int = N_BOOTSTRAP,
+) -> EvaluationResult:
+    """Score the model and three baselines on the same test rows and decide whether the model goes on.
+
+    Baselines are refitted here rather than trusted from training, so a model is only ever
+    compared with predictors that saw exactly its training rows.
+    """
+    if task not in _MAIN_METRICS:
+        raise ConfigError(
+            f"task {task!r} cannot be evaluated yet; use one of {', '.join(_MAIN_METRICS)}"
+        )
+    metric = _MAIN_METRICS[task]
+    spec = dict(getattr(bundle, "spec", None) or {})
+    if spec.get("task") not in (None, task):
+        raise ConfigError(
+            f"the model was trained for {spec['task']} but the config says task {task!r}: "
+            "retrain after changing the task"
+        )
+    feature_names = list(spec.get("feature_names") or [c for c in test.columns if c != LABEL_COLUMN])
+    if len(test) == 0:
+        raise DataError("the test split is empty: add data or raise split.test in the config")
+    if len(train) == 0:
+        raise DataError("the train split is empty: add data or lower split.validation/split.test in the config")
+    X_test, y_test = _split_xy(test, feature_names, "test")
+    X_train, y_train = _split_xy(train, feature_names, "train")
+    if len(y_train) > MAX_BASELINE_TRAIN_ROWS:
+        keep = np.random.default_rng(seed).choice(len(y_train), MAX_BASELINE_TRAIN_ROWS, replace=False)
+        X_train, y_train = X_train[keep], y_train[keep]
+
+    raw = np.asarray(bundle.predict_features(X_test))
+    if task == "binary_classification":
+        return _evaluate_binary(metric, raw, X_train, y_train, X_test, y_test, min_lift, seed, n_bootstrap)
+    if task == "multiclass_classification":
+        return _evaluate_multiclass(metric, raw, spec, X_train, y_train, X_test, y_test, min_lift, seed, n_bootstrap)
+    return _evaluate_regression(metric, raw, X_train, y_train, X_test, y_test, min_lift, seed, n_bootstrap)
+
+
+def _fit_baselines(task: str, seed: int, X: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+    models = _baseline_models(task, seed)
+    for estimator in models.values():
+        estimator.fit(X, y)
+    return models
+
+
+def _result(metric: _Metric, task: str, model: float, ci: list[float], baselines: dict[str, float],
+            min_lift: float, secondary: dict[str, float], n_test: int, plots: dict[str, Any]) -> EvaluationResult:
+    best, lift, passed, reason = _decide(metric, model, baselines, min_lift)
+    return EvaluationResult(
+        task=task,
+        metric=metric.name,
+        greater_is_better=metric.greater_is_better,
+        model=float(model),
+        model_ci=ci,
+        baselines={k: float(v) for k, v in baselines.items()},
+        best_baseline=best,
+        lift=lift,
+        min_lift=float(min_lift),
+        passed=passed,
+        reason=reason,
+        secondary={k: float(v) for k, v in secondary.items()},
+        n_test=int(n_test),
+        plots=plots,
+    )
+
+
+def _evaluate_binary(
+    metric: _Metric, raw: np.ndarray, X_train: np.ndarray, y_train: np.ndarray, X_test: np.ndarray,
+    y_test: np.ndarray, min_lift: float, seed: int, n_bootstrap: int,
+) -> EvaluationResult:
+    from sklearn.metrics import average_precision_score, log_loss
+
+    y_test = y_test.astype(np.int64)
+    y_train = y_train.astype(np.int64)
+    if np.unique(y_test).size < 2:
+        raise DataError("the test split holds only one class; AUC is undefined: add data or change split.test")
+    if np.unique(y_train).size < 2:
+        raise DataError("the train split holds only one class; no classifier can be judged: add data of both classes")
+    if raw.ndim == 2 and raw.shape[1] == 2:  # a bundle that returns both columns
+        raw = raw[:, 1]
+    proba = raw.reshape(-1).astype(np.float64)
+    if proba.shape[0] != y_test.shape[0]:
+        raise ValueError(f"the model returned {proba.shape[0]} predictions for {y_test.shape[0]} rows")
+
+    model_auc = _roc_auc(y_test, proba)
+    fitted = _fit_baselines("binary_classification", seed, X_train, y_train)
+    scores = {name: _positive_proba(est, X_test) for name, est in fitted.items()}
+    baselines = {name: _roc_auc(y_test, s) for name, s in scores.items()}
+    secondary = {
+        "pr_auc": float(average_precision_score(y_test, proba)),
+        "log_loss": float(log_loss(y_test, np.clip(proba, 1e-15, 1 - 1e-15), labels=[0, 1])),
+        "accuracy": float(np.mean((proba >= 0.5) == (y_test == 1))),
+    }
+    plots = {"roc": {"model": _roc_points(y_test, proba, model_auc)}}
+    for name, s in scores.items():
+        plots["roc"][name] = _roc_points(y_test, s, baselines[name])
+    ci = bootstrap_interval(_resampled_auc(y_test, proba), len(y_test), n_boot=n_bootstrap, seed=seed)
+    return _result(metric, "binary_classification", model_auc, ci, baselines, min_lift, secondary, len(y_test), plots)
+
+
+def _evaluate_multiclass(
+    metric: _Metric, raw: np.ndarray, spec: dict[str, Any], X_train: np.ndarray, y_train: np.ndarray,
+    X_test: np.ndarray, y_test: np.ndarray, min_lift: float, seed: int, n_bootstrap: int,
+) -> EvaluationResult:
+    from sklearn.metrics import confusion_matrix, log_loss
+
+    y_test = y_test.astype(np.int64)
+    y_train = y_train.astype(np.int64)
+    if raw.ndim != 2 or raw.shape[0] != y_test.shape[0]:
+        raise ValueError(f"a multiclass model must return (rows, classes) probabilities, got shape {raw.shape}")
+    if np.unique(y_train).size < 2:
+        raise DataError("the train split holds only one class; no classifier can be judged: add data of more classes")
+    k = max(raw.shape[1], int(y_test.max()) + 1, int(y_train.max()) + 1)
+    proba = np.zeros((raw.shape[0], k))
+    proba[:, : raw.shape[1]] = raw
+    pred = proba.argmax(axis=1)
+
+    model_f1 = _macro_f1(y_test, pred)
+    fitted = _fit_baselines("multiclass_classification", seed, X_train, y_train)
+    baselines = {name: _macro_f1(y_test, est.predict(X_test).astype(np.int64)) for name, est in fitted.items()}
+    clipped = np.clip(proba, 1e-15, None)
+    secondary = {
+        "accuracy": float(np.mean(pred == y_test)),
+        "log_loss": float(log_loss(y_test, clipped / clipped.sum(axis=1, keepdims=True), labels=list(range(k)))),
+    }
+    matrix = confusion_matrix(y_test, pred, labels=list(range(k)))
+    plots = {"confusion": {"labels": _class_names(spec, k), "matrix": matrix.tolist()}}
+    ci = bootstrap_interval(_resampled_macro_f1(y_test, pred), len(y_test), n_boot=n_bootstrap, seed=seed)
+    return _result(metric, "multiclass_classification", model_f1, ci, baselines, min_lift, secondary, len(y_test), plots)
+
+
+def _evaluate_regression(
+    metric: _Metric, raw: np.ndarray, X_train: np.ndarray, y_train: np.ndarray, X_test: np.ndarray,
+    y_test: np.ndarray, min_lift: float, seed: int, n_bootstrap: int,
+) -> EvaluationResult:
+    pred = raw.reshape(-1).astype(np.float64)
+    if pred.shape[0] != y_test.shape[0]:
+        raise ValueError(f"the model returned {pred.shape[0]} predictions for {y_test.shape[0]} rows")
+    model_rmse = _rmse(y_test, pred)
+    fitted = _fit_baselines("regression", seed, X_train, y_train)
+    baselines = {name: _rmse(y_test, est.predict(X_test)) for name, est in fitted.items()}
+    residual = ((y_test - pred) ** 2).sum()
+    total = ((y_test - y_test.mean()) ** 2).sum()
+    secondary = {
+        "mae": float(np.mean(np.abs(y_test - pred))),
+        "r2": float(1 - residual / total) if total > 0 else math.nan,
+    }
+    rng = np.random.default_rng(seed)
+    sample = rng.choice(len(y_test), min(len(y_test), MAX_SCATTER_POINTS), replace=False)
+    plots = {
+        "scatter": {
+            "actual": [round(float(v), 6) for v in y_test[sample]],
+            "predicted": [round(float(v), 6) for v in pred[sample]],
+        }
+    }
+    ci = bootstrap_interval(_resampled_rmse(y_test, pred), len(y_test), n_boot=n_bootstrap, seed=seed)
+    return _result(metric, "regression", model_rmse, ci, baselines, min_lift, secondary, len(y_test), plots)
+
+
+def _finite_or_none(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite_or_none(v) for v in value]
+    return value
+
+
+def evaluation_json(result: EvaluationResult) -> str:
+    """``evaluation.json``: the file the registry's ModelMetrics points at."""
+    return json.dumps(result.to_dict(), indent=2, allow_nan=False)
+
+
+# --------------------------------------------------------------------------------------
+# Prefect task: the only place that touches a Target.
+
+
+@task(name="evaluate", cache_policy=NO_CACHE)
+def evaluate_stage(config: PipelineConfig, target: Target, run_id: str, features_uri: str, model_dir: str) -> EvaluationResult:
+    """Evaluate the run's model on its test split and store ``evaluation.json`` beside the model."""
+    from tasks.modelbundle import load_model_bundle
+
+    base = features_uri.rstrip("/") + "/"
+    options = target.storage_options()
+    train = pd.read_parquet(base + "train/", storage_options=options)
+    test = pd.read_parquet(base + "test/", storage_options=options)
+    bundle = load_model_bundle(model_dir, nthread=os.cpu_count() or 1)  # a batch job: use every core
+    result = evaluate_model(bundle=bundle, train=train, test=test, task=config.task, min_lift=config.gate.min_lift)
+    uri = Layout(config.bucket, config.name).evaluation(run_id)
+    target.filesystem().pipe_file(uri, evaluation_json(result).encode("utf-8"), ContentType="application/json")
+    log.info("gate %s: %s", "passed" if result.passed else "failed", result.reason)
+    return result
