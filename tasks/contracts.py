@@ -1,0 +1,358 @@
+"""Data contracts: pandera schemas in pandera's own YAML, and row-level validation against them.
+
+A contract is the one statement of what a clean row looks like; ingest uses it to split
+every raw row into "curated" (coerced to the contract's dtypes) or "quarantined" (kept
+verbatim as text, with the reason), so that no row is ever silently lost.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import re
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pandera.pandas as pa
+import yaml
+from pandera.errors import SchemaErrors
+
+from tasks.config import Features, PipelineConfig
+from tasks.errors import ContractError
+
+log = logging.getLogger("updraft.contracts")
+
+#: Kinds a contract column can have. Preprocess handles "numeric" and "categorical";
+#: "datetime" columns are carried through ingest but are not model features (yet).
+KINDS = ("numeric", "categorical", "datetime")
+
+#: Metadata columns added to every quarantined row.
+REASON, SOURCE, ROW = "_reason", "_source", "_row"
+
+_TRUE = frozenset({"true", "t", "yes", "y", "1", "1.0"})
+_FALSE = frozenset({"false", "f", "no", "n", "0", "0.0"})
+_DTYPE_CHECK = re.compile(r"^dtype\((.*)\)$")
+
+
+def load_contract(location: str, fs: Any = None) -> pa.DataFrameSchema:
+    """Read a contract from a local path or an ``s3://`` URI (through ``fs``, the target's filesystem).
+
+    Only URIs with a protocol go through ``fs``; a plain path is always a local file, so
+    the stage can hand in its S3 filesystem whatever the config's contract points at.
+    """
+    text = _read_contract_text(location, fs)
+    try:
+        parsed = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ContractError(f"contract {location} is not valid YAML: {_one_line(exc)}") from None
+    what = "a pandera DataFrameSchema in YAML (the output of DataFrameSchema.to_yaml())"
+    if not isinstance(parsed, dict):
+        raise ContractError(f"contract {location} is not {what}: expected a mapping at the top level")
+    columns = parsed.get("columns")
+    if not isinstance(columns, (dict, list)) or not columns:
+        raise ContractError(f"contract {location} is not {what}: it has no 'columns' mapping")
+    if parsed.get("schema_type", "dataframe") != "dataframe":
+        raise ContractError(
+            f"contract {location} is not {what}: schema_type is {parsed['schema_type']!r}, not 'dataframe'"
+        )
+    try:
+        schema = pa.DataFrameSchema.from_yaml(text)
+    except Exception as exc:  # pandera raises many types for a bad dtype, check or option
+        raise ContractError(f"contract {location} is not {what}: {_one_line(exc)}") from None
+    if not isinstance(schema, pa.DataFrameSchema) or not schema.columns:
+        raise ContractError(f"contract {location} is not {what}: it defines no columns")
+    return schema
+
+
+def _read_contract_text(location: str, fs: Any) -> str:
+    has_protocol = "://" in location and not location.startswith("file://")
+    try:
+        if has_protocol:
+            if fs is None:
+                raise ValueError(f"load_contract needs the target's filesystem to read {location}")
+            with fs.open(location, "rb") as handle:
+                data = handle.read()
+        else:
+            data = Path(location.removeprefix("file://")).expanduser().read_bytes()
+    except FileNotFoundError:
+        raise ContractError(f"contract {location} does not exist; fix 'contract' in the config") from None
+    except IsADirectoryError:
+        raise ContractError(f"contract {location} is a folder; point 'contract' at a YAML file") from None
+    except PermissionError:
+        raise ContractError(f"contract {location} cannot be read: permission denied") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ContractError(f"contract {location} is not a UTF-8 text file (is it a YAML file?)") from None
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def column_kinds(schema: pa.DataFrameSchema) -> dict[str, str]:
+    """How preprocessing should treat each contract column: "numeric", "categorical" or "datetime".
+
+    Booleans are categorical (two levels, not a magnitude); a column without a dtype is
+    whatever arrived, so it is treated as text; datetimes are reported as "datetime",
+    which preprocess leaves out of the default features for now.
+    """
+    return {name: _kind(column.dtype) for name, column in schema.columns.items()}
+
+
+def _kind(dtype: Any) -> str:
+    pandas_dtype = getattr(dtype, "type", None)
+    if pandas_dtype is None:
+        return "categorical"
+    try:
+        if pd.api.types.is_bool_dtype(pandas_dtype):
+            return "categorical"
+        if pd.api.types.is_numeric_dtype(pandas_dtype):
+            return "numeric"
+        if pd.api.types.is_datetime64_any_dtype(pandas_dtype) or pd.api.types.is_timedelta64_dtype(pandas_dtype):
+            return "datetime"
+    except TypeError:  # an engine dtype pandas cannot introspect
+        return "categorical"
+    return "categorical"
+
+
+def resolve_features(schema: pa.DataFrameSchema, config: PipelineConfig) -> Features:
+    """The model's input columns: the config's explicit lists, checked against the contract, or
+    every contract column but the label (datetimes left out) typed by :func:`column_kinds`."""
+    kinds = column_kinds(schema)
+    names = list(kinds)
+    listing = ", ".join(names)
+    if config.label not in kinds:
+        raise ContractError(
+            f"label {config.label!r} is not a column of the contract {config.contract}; its columns are {listing}"
+        )
+    if config.features is None:
+        numeric = tuple(n for n in names if n != config.label and kinds[n] == "numeric")
+        categorical = tuple(n for n in names if n != config.label and kinds[n] == "categorical")
+        skipped = [n for n in names if kinds[n] == "datetime" and n != config.label]
+        if skipped:
+            log.warning("datetime columns %s are not used as features", ", ".join(skipped))
+        if not numeric and not categorical:
+            raise ContractError(
+                f"the contract {config.contract} has no column besides the label {config.label!r} "
+                "that can be a feature; add columns to the contract"
+            )
+        return Features(numeric=numeric, categorical=categorical)
+
+    for key, columns in (("numeric", config.features.numeric), ("categorical", config.features.categorical)):
+        for name in columns:
+            if name == config.label:
+                raise ContractError(
+                    f"the label {config.label!r} is also listed in features.{key}; remove it from the features"
+                )
+            if name not in kinds:
+                raise ContractError(
+                    f"feature {name!r} (features.{key} in the config) is not a column of the contract "
+                    f"{config.contract}; its columns are {listing}"
+                )
+            if key == "numeric" and kinds[name] != "numeric":
+                dtype = schema.columns[name].dtype
+                raise ContractError(
+                    f"feature {name!r} is listed in features.numeric but the contract {config.contract} "
+                    f"types it as {dtype if dtype is not None else 'untyped'}; "
+                    "move it to features.categorical or give it a numeric dtype in the contract"
+                )
+    return config.features
+
+
+def validate_frame(
+    raw: pd.DataFrame, schema: pa.DataFrameSchema, *, source: str, first_row: int = 1
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split raw rows into (valid rows, quarantined rows); every input row lands in exactly one.
+
+    Valid rows are coerced to the contract's dtypes, with exactly its columns in its order
+    (an optional column absent from the file arrives as nulls). Quarantined rows keep
+    every original value as text plus ``_reason``, ``_source`` and ``_row`` (``first_row``
+    + position, so a caller reading a file in pieces passes each piece's offset).
+
+    pandera reports a value that cannot be coerced against its row, but then fails the
+    column's other checks as a whole; so validation repeats on the rows left until only
+    clean rows remain. A failure that names no row (a required column missing from the
+    file, a frame-wide check) quarantines every remaining row with that reason.
+    """
+    frame = raw.reset_index(drop=True)
+    n_rows = len(frame)
+    schema = _coercing(schema)
+    contract_columns = list(schema.columns)
+    reasons: dict[int, list[str]] = defaultdict(list)
+
+    missing = [
+        name for name in contract_columns if name not in frame.columns and schema.columns[name].required
+    ]
+    validated: pd.DataFrame | None = None
+    if missing:
+        text = "; ".join(f"{name}: column required by the contract is missing from the file" for name in missing)
+        for position in range(n_rows):
+            reasons[position].append(text)
+    else:
+        work = frame.reindex(columns=contract_columns)
+        flagged = _prepare_booleans(work, schema)
+        for position, reason in flagged:
+            reasons[position].append(reason)
+        while validated is None:
+            try:
+                validated = schema.validate(work, lazy=True)
+            except SchemaErrors as exc:
+                row_reasons, frame_reasons, uncoercible = _failure_reasons(exc.failure_cases, frame)
+                if row_reasons:  # each round removes rows, so this ends
+                    # Checks of a column with an uncoercible value did not run: take out only
+                    # those rows now, so the other rows' reasons come from a complete round.
+                    moved = uncoercible or set(row_reasons)
+                    for position in moved:
+                        reasons[position].extend(row_reasons[position])
+                    work = work.drop(index=sorted(moved))
+                    continue
+                text = "; ".join(frame_reasons) or "the contract rejected the rows as a whole"
+                for position in work.index:
+                    reasons[int(position)].append(text)
+                break
+        if validated is not None:
+            validated = validated.drop(index=[p for p, _ in flagged if p in validated.index])
+
+    if validated is None:
+        validated = _empty_like_contract(schema)
+    valid = validated.reindex(columns=contract_columns).reset_index(drop=True)
+    quarantined = _quarantine_rows(frame, reasons, source=source, first_row=first_row)
+    if len(valid) + len(quarantined) != n_rows:
+        raise AssertionError(
+            f"validate_frame lost rows for {source}: {n_rows} in, {len(valid)} valid, {len(quarantined)} quarantined"
+        )
+    return valid, quarantined
+
+
+def _coercing(schema: pa.DataFrameSchema) -> pa.DataFrameSchema:
+    """Raw text must be cast to the contract's dtypes whether or not the contract says ``coerce``."""
+    if schema.coerce:
+        return schema
+    schema = copy.deepcopy(schema)
+    schema.coerce = True
+    return schema
+
+
+def _prepare_booleans(work: pd.DataFrame, schema: pa.DataFrameSchema) -> list[tuple[int, str]]:
+    """Map true/false/yes/no/1/0 text in boolean columns to booleans, in place; report the rest.
+
+    pandas casts any non-empty string to True and a null to False, so without this
+    "false", "maybe" and a missing value would all pass a ``bool`` column silently wrong.
+    A reported value is replaced by a stand-in so the row's other columns are still
+    checked (its reasons are complete); the caller quarantines the row.
+    """
+    failures: list[tuple[int, str]] = []
+    for name, column in schema.columns.items():
+        pandas_dtype = getattr(column.dtype, "type", None)
+        if pandas_dtype is None or not pd.api.types.is_bool_dtype(pandas_dtype):
+            continue
+        values = work[name]
+        if pd.api.types.is_bool_dtype(values.dtype) and not values.isna().any():
+            continue
+        holds_nulls = isinstance(pandas_dtype, pd.BooleanDtype)
+        mapped: list[Any] = []
+        for position, value in zip(values.index, values.tolist()):
+            reason = None
+            if isinstance(value, str):
+                token = value.strip().lower()
+                value = True if token in _TRUE else False if token in _FALSE else value
+                if isinstance(value, str):
+                    reason = f"{name}: coerce_dtype('{column.dtype}') failed for {value!r}"
+            elif _is_null(value):
+                value = pd.NA if holds_nulls else None
+                if not holds_nulls:
+                    reason = (
+                        f"{name}: not_nullable failed for null"
+                        if not column.nullable
+                        else f"{name}: coerce_dtype('{column.dtype}') failed for null "
+                        "(give the column dtype 'boolean' in the contract to allow missing values)"
+                    )
+            if reason:
+                failures.append((int(position), reason))
+                value = False
+            mapped.append(value)
+        work[name] = pd.Series(mapped, index=values.index, dtype=object)
+    return failures
+
+
+def _failure_reasons(
+    failure_cases: pd.DataFrame, frame: pd.DataFrame
+) -> tuple[dict[int, list[str]], list[str], set[int]]:
+    """Readable reasons from pandera's failure cases: per row, those naming no row, and the
+    rows holding a value that could not be coerced."""
+    rows: dict[int, list[str]] = defaultdict(list)
+    whole: list[str] = []
+    cases = failure_cases.to_dict(orient="records")
+    coerce_failed = {(c["column"], c["index"]) for c in cases if str(c["check"]).startswith("coerce_dtype(")}
+    null_failed = {(c["column"], c["index"]) for c in cases if c["check"] == "not_nullable"}
+    # A column holding an uncoercible value stays text, so its value checks fail
+    # meaninglessly (isin([0, 1]) on '0'); only its coercion and null failures count.
+    uncoerced = {column for column, _ in coerce_failed}
+    for case in cases:
+        column = case.get("column")
+        column = None if column is None or (isinstance(column, float) and pd.isna(column)) else str(column)
+        check = str(case["check"])
+        index = case.get("index")
+        has_row = index is not None and not (isinstance(index, float) and pd.isna(index))
+        if has_row:
+            is_coerce = check.startswith("coerce_dtype(")
+            if _DTYPE_CHECK.match(check) and (case["column"], index) in coerce_failed:
+                continue  # the coerce_dtype failure for the same value already says it
+            if is_coerce and (case["column"], index) in null_failed:
+                continue  # "not_nullable failed for null" says it better
+            if case["column"] in uncoerced and not is_coerce and check != "not_nullable":
+                continue
+            position = int(index)
+            if column is not None and column in frame.columns:
+                shown = _show(frame.at[position, column])
+            else:
+                shown = _show(case.get("failure_case"))
+            text = f"{column}: {check} failed for {shown}" if column else f"{check} failed for row"
+            if text not in rows[position]:
+                rows[position].append(text)
+        else:
+            failure = case.get("failure_case")
+            # A check over many rows reports False, or an exception pandera caught, as its case.
+            detail = "" if isinstance(failure, (bool, np.bool_)) or _is_null(failure) else f" ({failure})"
+            if check == "column_in_dataframe":
+                text = f"{failure}: column required by the contract is missing from the file"
+            else:
+                text = f"{column + ': ' if column else ''}{check} failed for the rows as a whole{detail}"
+            if text not in whole:
+                whole.append(text)
+    uncoercible = {int(index) for column, index in coerce_failed if index is not None and not pd.isna(index)}
+    return dict(rows), whole, uncoercible
+
+
+def _is_null(value: Any) -> bool:
+    return value is None or (pd.api.types.is_scalar(value) and bool(pd.isna(value)))
+
+
+def _show(value: Any) -> str:
+    return "null" if _is_null(value) else repr(str(value))
+
+
+def _as_text(values: pd.Series) -> pd.Series:
+    texts = [None if _is_null(v) else str(v) for v in values.tolist()]
+    return pd.Series(texts, index=values.index, dtype="str")
+
+
+def _quarantine_rows(
+    frame: pd.DataFrame, reasons: dict[int, list[str]], *, source: str, first_row: int
+) -> pd.DataFrame:
+    positions = sorted(reasons)
+    picked = frame.iloc[positions]
+    out = pd.DataFrame({str(name): _as_text(picked[name]) for name in picked.columns}, index=picked.index)
+    out[REASON] = pd.Series(["; ".join(reasons[p]) for p in positions], index=picked.index, dtype="str")
+    out[SOURCE] = pd.Series([source] * len(positions), index=picked.index, dtype="str")
+    out[ROW] = pd.Series([first_row + p for p in positions], index=picked.index, dtype="int64")
+    return out.reset_index(drop=True)
+
+
+def _empty_like_contract(schema: pa.DataFrameSchema) -> pd.DataFrame:
+    """No valid rows, but the contract's dtypes all the same, so every Parquet piece agrees."""
+    return schema.coerce_dtype(pd.DataFrame({name: pd.Series([], dtype=object) for name in schema.columns}))

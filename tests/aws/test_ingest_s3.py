@@ -1,0 +1,80 @@
+"""The ingest stage against S3 on the embedded moto endpoint, as the pipeline runs it."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import dask.dataframe as dd
+import pandas as pd
+import pytest
+
+from tasks.aws.target import Target
+from tasks.config import load_config
+from tasks.errors import DataError, TargetError
+from tasks.ingest import ingest_stage
+from tasks.layout import Layout
+from tasks.sample import write_sample
+
+
+@pytest.fixture()
+def sample_config(tmp_path: Path, embedded_target: Target, moto_s3_bucket: str):
+    """The demo sample (900 rows, 18 invalid) plus one junk file, uploaded under raw/claims/."""
+    sample = write_sample(tmp_path / "sample", n_rows=900, n_files=3)
+    config = dataclasses.replace(load_config(sample.config), bucket=moto_s3_bucket)
+    s3 = embedded_target.client("s3")
+    for path in sample.data_files:
+        s3.upload_file(str(path), moto_s3_bucket, config.source + path.name)
+    s3.put_object(Bucket=moto_s3_bucket, Key=config.source + "broken.csv", Body=b"\x00\xff\xfe\xfa" * 100)
+    s3.put_object(Bucket=moto_s3_bucket, Key=config.source + "notes.txt", Body=b"not data")
+    # the contract itself lives in S3 too, as it would in a shared deployment
+    s3.upload_file(str(sample.contract), moto_s3_bucket, "contracts/claims.yaml")
+    return dataclasses.replace(config, contract=f"s3://{moto_s3_bucket}/contracts/claims.yaml")
+
+
+def test_ingest_stage_curates_and_quarantines_in_s3(sample_config, embedded_target: Target) -> None:
+    result = ingest_stage.fn(sample_config, embedded_target, "run-1")
+
+    layout = Layout(sample_config.bucket, sample_config.name)
+    assert (result.files, result.rows_in, result.rows_curated, result.rows_quarantined) == (4, 900, 882, 18)
+    assert result.curated_uri == layout.curated() and result.quarantine_uri == layout.quarantine("run-1")
+    assert [r["uri"] for r in result.files_rejected] == [f"s3://{sample_config.bucket}/raw/claims/broken.csv"]
+
+    options = embedded_target.storage_options()
+    curated = dd.read_parquet(layout.curated(), storage_options=options).compute()
+    assert len(curated) == 882 and curated["claim_id"].is_unique
+    assert curated["is_fraud"].dtype == "int64" and set(curated["is_fraud"]) == {0, 1}
+
+    fs = embedded_target.filesystem()
+    pieces = [p for p in fs.find(layout.quarantine("run-1")) if p.endswith(".parquet")]
+    quarantined = pd.concat([pd.read_parquet(f"s3://{p}", storage_options=options) for p in pieces])
+    assert len(quarantined) == 18 and quarantined["_reason"].str.len().gt(0).all()
+    assert quarantined["_source"].str.startswith(f"s3://{sample_config.bucket}/raw/claims/claims-").all()
+    assert len(curated) + len(quarantined) == result.rows_in
+    assert fs.cat(result.files_rejected[0]["copy"]) == b"\x00\xff\xfe\xfa" * 100
+
+    # a second run over the same objects replaces the curated rows instead of adding to them
+    again = ingest_stage.fn(sample_config, embedded_target, "run-2")
+    assert again.rows_curated == 882
+    assert len(dd.read_parquet(layout.curated(), storage_options=options).compute()) == 882
+
+
+def test_empty_source_prefix_says_what_to_do(sample_config, embedded_target: Target) -> None:
+    config = dataclasses.replace(sample_config, source="raw/nothing-here/")
+    expected = r"no CSV, JSON-lines or Parquet files under s3://updraft-test/raw/nothing-here/"
+    with pytest.raises(DataError, match=expected):
+        ingest_stage.fn(config, embedded_target, "run-1")
+
+
+def test_missing_bucket_is_reported_before_anything_is_read(sample_config, embedded_target: Target) -> None:
+    config = dataclasses.replace(sample_config, bucket="no-such-bucket")
+    with pytest.raises(TargetError, match="bucket 'no-such-bucket' does not exist"):
+        ingest_stage.fn(config, embedded_target, "run-1")
+
+
+def test_source_at_the_bucket_root_does_not_ingest_updraft_outputs(sample_config, embedded_target: Target) -> None:
+    config = dataclasses.replace(sample_config, source="")
+    first = ingest_stage.fn(config, embedded_target, "run-1")
+    second = ingest_stage.fn(config, embedded_target, "run-2")  # curated/ and quarantine/ now exist in the bucket
+    assert first.rows_in == second.rows_in == 900
+    assert second.files == 4
