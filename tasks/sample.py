@@ -84,12 +84,15 @@ def generate_claims(n_rows: int = 30000, seed: int = 7, invalid_fraction: float 
     early = days < 30
     night = (hour <= 4) | (hour >= 23)
     logit = (
-        -3.8
-        + 4.4 * (early & (amount > 1500) & (provider != "hospital"))
-        + 4.0 * ((amount >= 0.9 * REVIEW_THRESHOLD) & (amount < REVIEW_THRESHOLD))
-        + 4.4 * (night & np.isin(provider, ["telehealth", "lab"]))
-        + 1.2 * (prior >= 4)
-        + 2.4 * ((channel == "online") & (days < 90) & (age < 30))
+        -4.6
+        + 5.0 * (early & (amount > 1500) & (provider != "hospital"))
+        + 4.5 * ((amount >= 0.9 * REVIEW_THRESHOLD) & (amount < REVIEW_THRESHOLD))
+        + 5.0 * (night & np.isin(provider, ["telehealth", "lab"]))
+        + 1.5 * (prior >= 4)
+        + 3.0 * ((channel == "online") & (days < 90) & (age < 30))
+        # smooth effects a linear model cannot bend to: the very young and the very old
+        + 1.4 * ((age - 50) / 18) ** 2
+        + 1.2 * np.isin(region, ["east", "islands"]) * (amount > 800)
     )
     is_fraud = (rng.random(n_rows) < 1 / (1 + np.exp(-logit))).astype(int)
 

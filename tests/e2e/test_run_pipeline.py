@@ -66,7 +66,7 @@ def test_run_json_conserves_rows_deploys_and_serves(embedded: EmbeddedAWS, tmp_p
     url = summary["deploy"]["url"]
     assert url.startswith("http://127.0.0.1:") and url.endswith("/invocations")
     assert requests.get(url.replace("/invocations", "/ping"), timeout=10).status_code == 200
-    raw = pd.read_csv(next((tmp_path / "sample").glob("*.csv")), dtype=str, keep_default_na=False)
+    raw = pd.read_csv(sorted((tmp_path / "sample").rglob("*.csv"))[0], dtype=str, keep_default_na=False)
     features = config["features"]["numeric"] + config["features"]["categorical"]
     contract_order = [c for c in raw.columns if c in features]
     valid = raw[raw["is_fraud"].isin(["0", "1"])].head(20)
