@@ -10,6 +10,14 @@ from tasks.aws.embedded import EmbeddedAWS
 from tasks.aws.target import Target, resolve_target
 
 
+@pytest.fixture(autouse=True)
+def isolated_updraft_dirs(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run folders and endpoint state of every test live in a temp folder, never in the checkout or ~."""
+    root = tmp_path_factory.mktemp("updraft")
+    monkeypatch.setenv("UPDRAFT_RUNS_DIR", str(root / "runs"))
+    monkeypatch.setenv("UPDRAFT_HOME", str(root / "home"))
+
+
 @pytest.fixture()
 def embedded_aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[EmbeddedAWS]:
     """A fresh moto server for one test; the environment is restored when it stops."""

@@ -48,6 +48,11 @@ class EmbeddedAWS:
             raise TargetError(f"cannot start the embedded AWS endpoint on {self.host}:{self._requested_port}: {exc.strerror}") from None
         self._server = server
         self.port = server.get_host_and_port()[1]
+        # moto keeps its state per process, not per server: a second endpoint started in
+        # the same process would see the first one's buckets and jobs. Start empty.
+        import urllib.request
+
+        urllib.request.urlopen(urllib.request.Request(f"{self.url}/moto-api/reset", method="POST"), timeout=10).close()
         if set_env:
             env = dict(EMBEDDED_ENV)
             env["AWS_ENDPOINT_URL"] = self.url

@@ -61,3 +61,10 @@ def test_unreachable_endpoint_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
     with pytest.raises(TargetError, match="cannot reach the AWS endpoint"):
         resolve_target("local").check_bucket("b")
+
+
+def test_each_embedded_endpoint_starts_empty() -> None:
+    with EmbeddedAWS():
+        boto3.client("s3").create_bucket(Bucket="left-behind")
+    with EmbeddedAWS():
+        assert boto3.client("s3").list_buckets()["Buckets"] == []

@@ -56,6 +56,22 @@ def test_run_json_conserves_rows_deploys_and_serves(embedded: EmbeddedAWS, tmp_p
     assert Path(summary["report"]).is_file()
     assert set(summary["timings_s"]) >= {"ingest", "preprocess", "train", "evaluate", "register", "deploy", "report"}
 
+    # Every row is in S3 where the summary says: curated Parquet, or quarantined with its reason.
+    from tasks.aws.target import resolve_target
+
+    fs = resolve_target("local").filesystem()
+    curated = pd.concat(pd.read_parquet(fs.open(p)) for p in fs.find(ingest["curated_uri"]) if p.endswith(".parquet"))
+    assert len(curated) == ingest["rows_curated"]
+    quarantined = pd.concat(
+        pd.read_parquet(fs.open(p)) for p in fs.find(ingest["quarantine_uri"]) if p.endswith(".parquet")
+    )
+    assert len(quarantined) == ingest["rows_quarantined"]
+    assert quarantined["_reason"].str.len().min() > 0 and {"_source", "_row"} <= set(quarantined.columns)
+    run = summary["run_id"]
+    assert fs.exists(f"s3://{config['bucket']}/features/{run}/transform.json")
+    assert json.loads(fs.cat(f"s3://{config['bucket']}/models/{run}/evaluation.json"))["passed"] is True
+    assert fs.cat(summary["report_uri"]).startswith(b"<!DOCTYPE html>")
+
     # The SageMaker API on the endpoint knows the training job, the package and the endpoint.
     sm = boto3.client("sagemaker")
     job = sm.describe_training_job(TrainingJobName=summary["train"]["job_name"])
