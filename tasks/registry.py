@@ -19,6 +19,7 @@ import botocore.exceptions
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from tasks.aws.errors import is_service_missing
 from tasks.aws.target import Target
 from tasks.config import PipelineConfig
 from tasks.evaluate import EvaluationResult, metric_label
@@ -57,14 +58,6 @@ def _clean_description(text: str) -> str:
     # Control characters (newlines included) are the only thing the pattern refuses.
     cleaned = "".join(" " if unicodedata.category(c).startswith("C") else c for c in text)
     return cleaned[:_MAX_DESCRIPTION]
-
-
-def _is_unavailable(exc: botocore.exceptions.ClientError) -> bool:
-    """True when the endpoint has no SageMaker at all (LocalStack free answers 501)."""
-    error = exc.response.get("Error", {})
-    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-    message = str(error.get("Message", "")).lower()
-    return status == 501 or error.get("Code") == "NotImplemented" or "not included in your current license" in message
 
 
 def _is_missing_group(exc: botocore.exceptions.ClientError) -> bool:
@@ -168,7 +161,7 @@ def register_model(
         )
         described = sm_client.describe_model_package(ModelPackageName=arn)
     except botocore.exceptions.ClientError as exc:
-        if not _is_unavailable(exc):
+        if not is_service_missing(exc):
             raise
         reason = f"the AWS endpoint has no SageMaker model registry ({exc.response.get('Error', {}).get('Message', '')})"
         log.warning("model not registered: %s", reason)

@@ -22,6 +22,7 @@ from typing import Any, Mapping
 
 from botocore.exceptions import ClientError, WaiterError
 
+from tasks.aws.errors import error_message, is_call_missing
 from tasks.errors import StageError
 
 logger = logging.getLogger("updraft.deploy")
@@ -83,28 +84,12 @@ def build_endpoint_config_request(
     return request
 
 
-def _message(exc: ClientError) -> str:
-    error = exc.response.get("Error", {})
-    return error.get("Message") or error.get("Code") or str(exc)
-
-
-def _status(exc: ClientError) -> int:
-    return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
-
-
-def _is_unsupported(exc: BaseException) -> bool:
-    """The endpoint has no SageMaker, or lacks this call (moto in-process raises NotImplementedError)."""
-    if isinstance(exc, NotImplementedError):
-        return True
-    return isinstance(exc, ClientError) and _status(exc) in (500, 501)
-
-
 def _already_exists(exc: ClientError) -> bool:
-    return "already exist" in _message(exc)
+    return "already exist" in error_message(exc)
 
 
 def _not_found(exc: ClientError) -> bool:
-    message = _message(exc)
+    message = error_message(exc)
     return exc.response.get("Error", {}).get("Code") == "ValidationException" and "Could not find" in message
 
 
@@ -163,15 +148,15 @@ def record_endpoint(
             sm_client.create_endpoint(EndpointName=name, EndpointConfigName=model_name, Tags=_tag_list(tags))
         return sm_client.describe_endpoint(EndpointName=name)["EndpointArn"]
     except (ClientError, NotImplementedError) as exc:
-        if _is_unsupported(exc):
-            detail = _message(exc) if isinstance(exc, ClientError) else "not implemented"
+        if is_call_missing(exc):
+            detail = error_message(exc) if isinstance(exc, ClientError) else "not implemented"
             logger.warning(
                 "the target's SageMaker API cannot record endpoint %s (%s); the local endpoint serves regardless",
                 name,
                 detail,
             )
             return None
-        raise StageError(f"cannot record endpoint {name!r} in SageMaker: {_message(exc)}") from None
+        raise StageError(f"cannot record endpoint {name!r} in SageMaker: {error_message(exc)}") from None
 
 
 def delete_endpoint_record(sm_client: Any, name: str) -> bool:
@@ -198,10 +183,10 @@ def delete_endpoint_record(sm_client: Any, name: str) -> bool:
                     raise
         return True
     except (ClientError, NotImplementedError) as exc:
-        if _is_unsupported(exc):
+        if is_call_missing(exc):
             logger.warning("the target's SageMaker API cannot delete the record of endpoint %s", name)
             return False
-        raise StageError(f"cannot delete endpoint {name!r} in SageMaker: {_message(exc)}") from None
+        raise StageError(f"cannot delete endpoint {name!r} in SageMaker: {error_message(exc)}") from None
 
 
 def wait_for_endpoint(
@@ -276,7 +261,7 @@ def deploy_sagemaker_endpoint(
                 )
             sm_client.update_endpoint(EndpointName=name, EndpointConfigName=model_name)
     except ClientError as exc:
-        raise StageError(f"SageMaker refused to deploy endpoint {name!r}: {_message(exc)}") from None
+        raise StageError(f"SageMaker refused to deploy endpoint {name!r}: {error_message(exc)}") from None
     except WaiterError as exc:
         raise StageError(f"SageMaker endpoint {name!r} could not be replaced: {exc}") from None
 

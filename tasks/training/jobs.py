@@ -14,6 +14,7 @@ from typing import Any, Mapping, Sequence
 
 from botocore.exceptions import ClientError
 
+from tasks.aws.errors import is_service_missing
 from tasks.errors import ConfigError, StageError
 from tasks.training import container
 from tasks.training.local_job import TrainResult, log_container_line
@@ -150,8 +151,7 @@ def record_local_training_job(sm_client: Any, request: Mapping[str, Any], result
     try:
         response = sm_client.create_training_job(**{**request, "Tags": tags})
     except ClientError as exc:
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        if status == 501:
+        if is_service_missing(exc):
             logger.warning(
                 "training job %s ran locally but is not recorded: the AWS endpoint has no SageMaker API (%s)",
                 result.job_name,
