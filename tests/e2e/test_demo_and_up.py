@@ -32,8 +32,24 @@ def test_demo_runs_everything_and_stops_what_it_started(isolated_home: Path) -> 
     assert json.loads(run_cli("endpoint", "list", "--json").stdout) == []
     with pytest.raises(requests.ConnectionError):
         requests.get(summary["deploy"]["url"].replace("/invocations", "/ping"), timeout=5)
+    # Nothing it started is still running: no endpoint server, no Dask worker, no Prefect server.
+    assert processes_started_under(isolated_home) == []
     # The human summary goes to stderr when --json is not given; here the JSON went to stdout only.
     assert "updraft run" not in result.stdout
+
+
+def processes_started_under(home: Path) -> list[str]:
+    """Command lines of live processes whose environment carries this test's UPDRAFT_HOME."""
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if proc.environ().get("UPDRAFT_HOME") == str(home) and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(" ".join(proc.info["cmdline"] or []))
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
 
 
 def free_port() -> int:
