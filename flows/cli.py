@@ -8,6 +8,7 @@ stdout carries exactly one JSON object.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -114,45 +115,123 @@ def _target(embedded: bool) -> Iterator[str | None]:
         yield "embedded"
 
 
-def _run_pipeline_cli(config_path: Path, *, target_kind: str | None, run_id: str | None) -> dict[str, Any]:
+def _preflight(config_path: Path, target_kind: str | None, upload: list[Path] | None = None) -> None:
+    """Check what the user controls before Prefect starts: a user error costs seconds and prints one line."""
     from tasks.aws.target import resolve_target
     from tasks.config import load_config
     from tasks.preflight import preflight
 
     config = load_config(config_path)
-    preflight(config, resolve_target(target_kind, config.aws.region))
+    target = resolve_target(target_kind, config.aws.region)
+    if upload:
+        from tasks.aws.upload import upload_files
+
+        upload_files(target, config.bucket, config.source, upload)
+    preflight(config, target)
     _quiet_prefect_tracebacks()
+
+
+def _run_pipeline_cli(
+    config_path: Path, *, target_kind: str | None, run_id: str | None, upload: list[Path] | None = None
+) -> dict[str, Any]:
+    _preflight(config_path, target_kind, upload)
     from flows.pipeline import pipeline_flow
 
     return pipeline_flow(str(config_path), run_id=run_id, target_kind=target_kind)
 
 
-def _print_summary(summary: dict[str, Any]) -> None:
+def _run_stage_cli(stage: str, config_path: Path, *, target_kind: str | None, run_id: str | None) -> dict[str, Any]:
+    _preflight(config_path, target_kind)
+    from flows import stages
+
+    stage_flow = getattr(stages, f"{stage}_flow")
+    return stage_flow(str(config_path), run_id=run_id, target_kind=target_kind)
+
+
+def _summary_text(summary: dict[str, Any]) -> str:
     from flows.summary import format_summary
 
-    typer.echo(format_summary(summary), err=True)
+    return format_summary(summary)
 
 
-@app.command()
-def run(
-    config: Path = typer.Option(..., "--config", "-c", help="Pipeline config (YAML)."),
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout; logs stay on stderr."),
-    embedded: bool = typer.Option(False, "--embedded", help="Start an embedded AWS endpoint for this run."),
-    run_id: Optional[str] = typer.Option(None, "--run-id", help="Reuse a run id (default: a new one)."),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+def _run_command(
+    start: Callable[[str | None], dict[str, Any]],
+    describe: Callable[[dict[str, Any]], str],
+    *,
+    json_out: bool,
+    embedded: bool,
+    verbose: bool,
 ) -> None:
-    """Run the whole pipeline on the dataset the config describes.
+    """What every running command shares: logs and target, then one JSON object on stdout or a summary on stderr.
 
-    With AWS_ENDPOINT_URL set it targets that endpoint (LocalStack, 'updraft up'); with
-    --embedded it starts its own; otherwise real AWS.
+    ``start`` gets the target kind (None: decided by the environment) and returns the result.
     """
     _configure_logging(verbose)
     with _user_errors(), _stdout_to_stderr() as write_stdout, _target(embedded) as kind:
-        summary = _run_pipeline_cli(config, target_kind=kind, run_id=run_id)
+        result = start(kind)
         if json_out:
-            write_stdout(json.dumps(summary, default=str) + "\n")
+            write_stdout(json.dumps(result, default=str) + "\n")
         else:
-            _print_summary(summary)
+            typer.echo(describe(result), err=True)
+
+
+_CONFIG_OPTION = typer.Option(..., "--config", "-c", help="Pipeline config (YAML).")
+_JSON_OPTION = typer.Option(False, "--json", help="Print one JSON object on stdout; logs stay on stderr.")
+_EMBEDDED_OPTION = typer.Option(False, "--embedded", help="Start an embedded AWS endpoint for this run.")
+_NEW_RUN_OPTION = typer.Option(None, "--run-id", help="Reuse a run id (default: a new one).")
+_RUN_OPTION = typer.Option(..., "--run-id", help="The run whose earlier outputs in S3 this stage uses.")
+_VERBOSE_OPTION = typer.Option(False, "--verbose", "-v")
+_UPLOAD_OPTION = typer.Option(
+    None,
+    "--upload",
+    help="Local file or folder to upload under the config's source prefix first (creates the bucket); "
+    "how local data reaches a fresh --embedded endpoint. Repeatable.",
+)
+
+
+def _flow_command(
+    start: Callable[..., dict[str, Any]], describe: Callable[[dict[str, Any]], str], run_option: Any
+) -> Callable[..., None]:
+    """A command that runs a flow on one config: ``start(config, target_kind=..., run_id=...)``."""
+
+    def command(
+        config: Path = _CONFIG_OPTION,
+        json_out: bool = _JSON_OPTION,
+        embedded: bool = _EMBEDDED_OPTION,
+        run_id: Optional[str] = run_option,
+        verbose: bool = _VERBOSE_OPTION,
+    ) -> None:
+        _run_command(
+            lambda kind: start(config, target_kind=kind, run_id=run_id),
+            describe,
+            json_out=json_out,
+            embedded=embedded,
+            verbose=verbose,
+        )
+
+    return command
+
+
+@app.command("run")
+def run(
+    config: Path = _CONFIG_OPTION,
+    json_out: bool = _JSON_OPTION,
+    embedded: bool = _EMBEDDED_OPTION,
+    upload: Optional[list[Path]] = _UPLOAD_OPTION,
+    run_id: Optional[str] = _NEW_RUN_OPTION,
+    verbose: bool = _VERBOSE_OPTION,
+) -> None:
+    """Run the whole pipeline on the dataset the config describes.
+
+    With AWS_ENDPOINT_URL set it targets that endpoint (LocalStack, 'updraft up'); with --embedded it starts its own (empty: add --upload DATA to put local files in it); otherwise real AWS.
+    """
+    _run_command(
+        lambda kind: _run_pipeline_cli(config, target_kind=kind, run_id=run_id, upload=upload),
+        _summary_text,
+        json_out=json_out,
+        embedded=embedded,
+        verbose=verbose,
+    )
 
 
 @app.command()
@@ -160,49 +239,91 @@ def demo(
     rows: int = typer.Option(30000, help="Rows of sample claims to generate."),
     json_out: bool = typer.Option(False, "--json", help="Print the run's JSON object on stdout."),
     keep_endpoint: bool = typer.Option(False, "--keep-endpoint", help="Leave the demo endpoint running."),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    verbose: bool = _VERBOSE_OPTION,
 ) -> None:
     """The whole pipeline on the embedded target with a generated benefit-claims dataset."""
-    _configure_logging(verbose)
-    from flows.demo import run_demo
 
-    with _user_errors(), _stdout_to_stderr() as write_stdout:
-        summary = run_demo(rows=rows, keep_endpoint=keep_endpoint)
-        if json_out:
-            write_stdout(json.dumps(summary, default=str) + "\n")
-        else:
-            _print_summary(summary)
+    def start(_: str | None) -> dict[str, Any]:
+        from flows.demo import run_demo  # it starts its own embedded endpoint
+
+        return run_demo(rows=rows, keep_endpoint=keep_endpoint)
+
+    _run_command(start, _summary_text, json_out=json_out, embedded=False, verbose=verbose)
 
 
-@app.command()
-def ingest(
-    config: Path = typer.Option(..., "--config", "-c", help="Pipeline config (YAML)."),
-    json_out: bool = typer.Option(False, "--json"),
-    embedded: bool = typer.Option(False, "--embedded"),
-    run_id: Optional[str] = typer.Option(None, "--run-id"),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
-) -> None:
-    """Only the ingest stage: validate raw files into curated Parquet and the quarantine."""
-    _configure_logging(verbose)
-    with _user_errors(), _stdout_to_stderr() as write_stdout, _target(embedded) as kind:
-        from flows.stages import ingest_flow
-        from tasks.aws.target import resolve_target
-        from tasks.config import load_config
-        from tasks.preflight import preflight
+# --------------------------------------------------------------------------------------
+# One command per stage: each runs one flow of flows/stages.py on the run that --run-id names.
 
-        cfg = load_config(config)
-        preflight(cfg, resolve_target(kind, cfg.aws.region))
-        _quiet_prefect_tracebacks()
-        result = ingest_flow(str(config), run_id=run_id, target_kind=kind)
-        if json_out:
-            write_stdout(json.dumps(result, default=str) + "\n")
-        else:
-            typer.echo(
-                f"ingested {result['files']} files: {result['rows_in']} rows in, "
-                f"{result['rows_curated']} curated, {result['rows_quarantined']} quarantined "
-                f"({result['quarantine_uri']})",
-                err=True,
-            )
+
+def _describe_ingest(r: dict[str, Any]) -> str:
+    return (
+        f"ingested {r['files']} files: {r['rows_in']} rows in, "
+        f"{r['rows_curated']} curated, {r['rows_quarantined']} quarantined "
+        f"({r['quarantine_uri']})"
+    )
+
+
+def _describe_preprocess(r: dict[str, Any]) -> str:
+    rows = ", ".join(f"{name} {n}" for name, n in r["rows"].items())
+    return f"run {r['run_id']}: preprocessed {rows} rows into {len(r['feature_names'])} features ({r['features_uri']})"
+
+
+def _describe_train(r: dict[str, Any]) -> str:
+    metrics = ", ".join(f"{k}={v:.4f}" for k, v in r["metrics"].items() if isinstance(v, (int, float)))
+    return f"run {r['run_id']}: training job {r['job_name']} {r['status']} in {r['duration_s']:.1f} s ({metrics}): {r['model_uri']}"
+
+
+def _describe_evaluate(r: dict[str, Any]) -> str:
+    return f"run {r['run_id']}: gate {'passed' if r['passed'] else 'failed'}: {r['reason']}"
+
+
+def _describe_register(r: dict[str, Any]) -> str:
+    if r["skipped"]:
+        return f"run {r['run_id']}: not registered: {r['skipped']}"
+    return (
+        f"run {r['run_id']}: version {r['version']} of {r['model_package_group']} "
+        f"({r['approval_status']}): {r['model_package_arn']}"
+    )
+
+
+def _describe_deploy(r: dict[str, Any]) -> str:
+    if r["skipped"]:
+        return f"run {r['run_id']}: endpoint {r['endpoint_name']} not deployed: {r['skipped']}"
+    return f"run {r['run_id']}: endpoint {r['endpoint_name']} answers at {r['url']}"
+
+
+#: name -> (help, one-line summary, whether it may start a new run)
+_STAGE_COMMANDS: dict[str, tuple[str, Callable[[dict[str, Any]], str], bool]] = {
+    "ingest": ("Only the ingest stage: validate raw files into curated Parquet and the quarantine.", _describe_ingest, True),
+    "preprocess": (
+        "Only the preprocess stage: fit the features on the curated data and write a run's splits "
+        "(a new run unless --run-id names one).",
+        _describe_preprocess,
+        True,
+    ),
+    "train": ("Only the train stage: train the model of --run-id on the splits 'updraft preprocess' wrote.", _describe_train, False),
+    "evaluate": (
+        "Only the evaluate stage: judge the model of --run-id against baselines; writes its evaluation.json.",
+        _describe_evaluate,
+        False,
+    ),
+    "register": (
+        "Only the register stage: add the model of --run-id to the registry, approved only if its evaluation passed.",
+        _describe_register,
+        False,
+    ),
+    "deploy": (
+        "Only the deploy stage: serve the model of --run-id at the config's endpoint if its evaluation passed.",
+        _describe_deploy,
+        False,
+    ),
+}
+
+
+for _name, (_help, _describe, _new_run) in _STAGE_COMMANDS.items():
+    app.command(_name, help=_help)(
+        _flow_command(functools.partial(_run_stage_cli, _name), _describe, _NEW_RUN_OPTION if _new_run else _RUN_OPTION)
+    )
 
 
 @app.command()

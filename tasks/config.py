@@ -89,6 +89,27 @@ class DaskConfig:
     n_workers: int | None = None
 
 
+#: What ingest does with columns the contract does not name.
+EXTRA_COLUMNS: tuple[str, ...] = ("drop", "keep", "fail")
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    """How ingest treats what the contract does not settle.
+
+    ``max_quarantine_fraction``: the share of a run's rows that may fail the contract before
+    the run fails (after writing the quarantine); 0.1 because a systematic problem (a renamed
+    column, a new delimiter, a unit change) quarantines far more than the odd bad row does.
+    ``extra_columns``: ``drop`` columns the contract does not know (with a warning), ``keep``
+    them in curated as text, or ``fail`` (reject files that have them).
+    ``partition_by``: a datetime column of the contract; curated files go to one folder per day.
+    """
+
+    max_quarantine_fraction: float = 0.1
+    extra_columns: str = "drop"
+    partition_by: str | None = None
+
+
 @dataclass(frozen=True)
 class PipelineConfig:
     name: str
@@ -104,6 +125,7 @@ class PipelineConfig:
     deploy: DeployConfig = DeployConfig()
     aws: AwsConfig = AwsConfig()
     dask: DaskConfig = DaskConfig()
+    ingest: IngestConfig = IngestConfig()
 
     @property
     def source_uri(self) -> str:
@@ -124,6 +146,7 @@ _SECTIONS: dict[str, type] = {
     "deploy": DeployConfig,
     "aws": AwsConfig,
     "dask": DaskConfig,
+    "ingest": IngestConfig,
 }
 _REQUIRED = ("name", "bucket", "source", "contract", "label", "task")
 _TOP_KEYS = set(_REQUIRED) | {"features"} | set(_SECTIONS)
@@ -192,6 +215,18 @@ def parse_config(raw: Any, *, base_dir: Path | None = None, origin: str = "confi
             f"{origin}: split fractions validation={split.validation}, test={split.test} must each be "
             "in (0, 1) and leave at least 10% of rows to train"
         )
+    ingest: IngestConfig = sections["ingest"]
+    if not 0 <= ingest.max_quarantine_fraction <= 1:
+        raise ConfigError(
+            f"{origin}: ingest.max_quarantine_fraction {ingest.max_quarantine_fraction} must be between 0 and 1 "
+            "(the share of a run's rows that may fail the contract)"
+        )
+    if ingest.extra_columns not in EXTRA_COLUMNS:
+        raise ConfigError(
+            f"{origin}: ingest.extra_columns {ingest.extra_columns!r} must be one of {', '.join(EXTRA_COLUMNS)}"
+        )
+    if ingest.partition_by == "":
+        raise ConfigError(f"{origin}: ingest.partition_by is empty; name a datetime column or remove the key")
     endpoint_name = sections["deploy"].endpoint_name
     if endpoint_name is not None and not _NAME_RE.match(endpoint_name):
         raise ConfigError(f"{origin}: deploy.endpoint_name {endpoint_name!r} must match {_NAME_RE.pattern}")

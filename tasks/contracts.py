@@ -12,11 +12,13 @@ import logging
 import re
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 import pandera.pandas as pa
+import pyarrow
+import pyarrow.compute as pc
 import yaml
 from pandera.errors import SchemaErrors
 
@@ -164,14 +166,24 @@ def resolve_features(schema: pa.DataFrameSchema, config: PipelineConfig) -> Feat
 
 
 def validate_frame(
-    raw: pd.DataFrame, schema: pa.DataFrameSchema, *, source: str, first_row: int = 1
+    raw: pd.DataFrame,
+    schema: pa.DataFrameSchema,
+    *,
+    source: str,
+    first_row: int = 1,
+    row_numbers: Sequence[int] | np.ndarray | None = None,
+    keep_columns: Sequence[str] = (),
+    with_row_numbers: bool = False,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Split raw rows into (valid rows, quarantined rows); every input row lands in exactly one.
 
     Valid rows are coerced to the contract's dtypes, with exactly its columns in its order
-    (an optional column absent from the file arrives as nulls). Quarantined rows keep
-    every original value as text plus ``_reason``, ``_source`` and ``_row`` (``first_row``
-    + position, so a caller reading a file in pieces passes each piece's offset).
+    (an optional column absent from the file arrives as nulls), then ``keep_columns`` (columns
+    the contract does not know, kept as text), then ``_row`` if ``with_row_numbers``.
+    Quarantined rows keep every original value as text plus ``_reason``, ``_source`` and
+    ``_row``: ``row_numbers[position]`` where given (a reader that set unreadable records
+    aside numbers the rest itself), else ``first_row`` + position (a caller reading a file in
+    pieces passes each piece's offset).
 
     pandera reports a value that cannot be coerced against its row, but then fails the
     column's other checks as a whole; so validation repeats on the rows left until only
@@ -195,6 +207,11 @@ def validate_frame(
     else:
         work = frame.reindex(columns=contract_columns)
         flagged = _prepare_booleans(work, schema)
+        numbers_flagged = _prepare_numbers(work, schema)
+        stand_ins: dict[int, set[str]] = defaultdict(set)  # (row, column) whose value is a stand-in now
+        for position, column, reason in numbers_flagged:
+            stand_ins[position].add(column)
+            flagged.append((position, reason))
         for position, reason in flagged:
             reasons[position].append(reason)
         while validated is None:
@@ -202,12 +219,15 @@ def validate_frame(
                 validated = schema.validate(work, lazy=True)
             except SchemaErrors as exc:
                 row_reasons, frame_reasons, uncoercible = _failure_reasons(exc.failure_cases, frame)
-                if row_reasons:  # each round removes rows, so this ends
+                row_reasons = _without_stand_ins(row_reasons, stand_ins)
+                standing_in = {p for p in stand_ins if p in work.index}
+                if row_reasons or standing_in:  # each round removes rows, so this ends
                     # Checks of a column with an uncoercible value did not run: take out only
                     # those rows now, so the other rows' reasons come from a complete round.
-                    moved = uncoercible or set(row_reasons)
+                    # Stand-ins coerce, so with none of those every reason is complete now.
+                    moved = uncoercible or (set(row_reasons) | standing_in)
                     for position in moved:
-                        reasons[position].extend(row_reasons[position])
+                        reasons[position].extend(row_reasons.get(position, []))
                     work = work.drop(index=sorted(moved))
                     continue
                 text = "; ".join(frame_reasons) or "the contract rejected the rows as a whole"
@@ -219,13 +239,42 @@ def validate_frame(
 
     if validated is None:
         validated = _empty_like_contract(schema)
-    valid = validated.reindex(columns=contract_columns).reset_index(drop=True)
-    quarantined = _quarantine_rows(frame, reasons, source=source, first_row=first_row)
+    numbers = (
+        np.asarray(row_numbers, dtype=np.int64)
+        if row_numbers is not None
+        else np.arange(first_row, first_row + n_rows, dtype=np.int64)
+    )
+    if len(numbers) != n_rows:
+        raise ValueError(f"row_numbers has {len(numbers)} entries for {n_rows} rows")
+    valid = validated.reindex(columns=contract_columns)
+    positions = valid.index.to_numpy(dtype=np.int64)
+    for name in keep_columns:
+        if name not in contract_columns:
+            valid[name] = _as_text(frame[name].iloc[positions])
+    if with_row_numbers:
+        valid[ROW] = numbers[positions]
+    valid = valid.reset_index(drop=True)
+    quarantined = _quarantine_rows(frame, reasons, source=source, numbers=numbers)
     if len(valid) + len(quarantined) != n_rows:
         raise AssertionError(
             f"validate_frame lost rows for {source}: {n_rows} in, {len(valid)} valid, {len(quarantined)} quarantined"
         )
     return valid, quarantined
+
+
+def without_uniqueness(schema: pa.DataFrameSchema) -> tuple[pa.DataFrameSchema, tuple[str, ...]]:
+    """The contract without its columns' ``unique: true``, and those columns' names.
+
+    pandera checks uniqueness within the frame it is given; a file read in blocks needs it
+    across blocks and files, which ingest checks itself once every block is read.
+    """
+    unique = tuple(name for name, column in schema.columns.items() if column.unique)
+    if not unique:
+        return schema, ()
+    schema = copy.deepcopy(schema)
+    for name in unique:
+        schema.columns[name].unique = False
+    return schema, unique
 
 
 def _coercing(schema: pa.DataFrameSchema) -> pa.DataFrameSchema:
@@ -277,6 +326,63 @@ def _prepare_booleans(work: pd.DataFrame, schema: pa.DataFrameSchema) -> list[tu
             mapped.append(value)
         work[name] = pd.Series(mapped, index=values.index, dtype=object)
     return failures
+
+
+def _prepare_numbers(work: pd.DataFrame, schema: pa.DataFrameSchema) -> list[tuple[int, str, str]]:
+    """Find text that cannot become the number a numeric column wants, in place of pandera.
+
+    pandera finds such a value element by element and then skips the column's checks for
+    every row, which costs a round of validation per kind of failure; found here in one
+    vectorised pass, the value is replaced by a stand-in that coerces (a null, or 0 for
+    integers) so a single round checks everything else. The test is Python's own
+    ``float()``/``int()``, which is what coercing text does, so the same values fail with
+    the same reason. Returns (row, column, reason) for each such value.
+    """
+    failures: list[tuple[int, str, str]] = []
+    for name, column in schema.columns.items():
+        pandas_dtype = getattr(column.dtype, "type", None)
+        values = work[name]
+        if (
+            pandas_dtype is None
+            or not pd.api.types.is_numeric_dtype(pandas_dtype)
+            or pd.api.types.is_bool_dtype(pandas_dtype)
+            or not pd.api.types.is_string_dtype(values.dtype)
+            or pd.api.types.is_object_dtype(values.dtype)
+        ):
+            continue
+        integer = pd.api.types.is_integer_dtype(pandas_dtype)
+        present = values.notna()
+        if integer:
+            plain = pc.match_substring_regex(pyarrow.array(values, from_pandas=True), r"^\s*[+-]?\d+\s*$")
+            suspect = present & ~pd.Series(plain.fill_null(False).to_numpy(zero_copy_only=False), index=values.index)
+        else:
+            suspect = present & pd.to_numeric(values, errors="coerce").isna()
+        if not suspect.any():
+            continue
+        parse = int if integer else float
+        bad = []
+        for position, value in values[suspect].items():
+            try:
+                parse(value)
+            except (ValueError, TypeError):
+                bad.append(position)
+                failures.append((int(position), name, f"{name}: coerce_dtype('{column.dtype}') failed for {_show(value)}"))
+        if bad:
+            work.loc[bad, name] = "0" if integer else None
+    return failures
+
+
+def _without_stand_ins(row_reasons: dict[int, list[str]], stand_ins: dict[int, set[str]]) -> dict[int, list[str]]:
+    """Drop what pandera says about stand-in values: the real value's reason is already recorded."""
+    if not stand_ins:
+        return row_reasons
+    kept: dict[int, list[str]] = {}
+    for position, texts in row_reasons.items():
+        columns = stand_ins.get(position, ())
+        left = [t for t in texts if not any(t.startswith(f"{c}: ") for c in columns)]
+        if left:
+            kept[position] = left
+    return kept
 
 
 def _failure_reasons(
@@ -342,14 +448,14 @@ def _as_text(values: pd.Series) -> pd.Series:
 
 
 def _quarantine_rows(
-    frame: pd.DataFrame, reasons: dict[int, list[str]], *, source: str, first_row: int
+    frame: pd.DataFrame, reasons: dict[int, list[str]], *, source: str, numbers: np.ndarray
 ) -> pd.DataFrame:
     positions = sorted(reasons)
     picked = frame.iloc[positions]
     out = pd.DataFrame({str(name): _as_text(picked[name]) for name in picked.columns}, index=picked.index)
     out[REASON] = pd.Series(["; ".join(reasons[p]) for p in positions], index=picked.index, dtype="str")
     out[SOURCE] = pd.Series([source] * len(positions), index=picked.index, dtype="str")
-    out[ROW] = pd.Series([first_row + p for p in positions], index=picked.index, dtype="int64")
+    out[ROW] = pd.Series(numbers[positions], index=picked.index, dtype="int64")
     return out.reset_index(drop=True)
 
 

@@ -14,7 +14,7 @@ import logging
 import math
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any, Protocol
 
 import numpy as np
@@ -477,6 +477,26 @@ def _finite_or_none(value: Any) -> Any:
 def evaluation_json(result: EvaluationResult) -> str:
     """``evaluation.json``: the file the registry's ModelMetrics points at."""
     return json.dumps(result.to_dict(), indent=2, allow_nan=False)
+
+
+def load_evaluation(fs: Any, evaluation_uri: str, *, run_id: str, then: str = "run the evaluate stage first") -> EvaluationResult:
+    """The gate's verdict on a run, read back from its ``evaluation.json``.
+
+    Register and deploy may be scheduled apart from evaluate; they act on the verdict
+    stored beside the model, never on one recomputed. ``then`` ends the message when the
+    file is missing or unusable: what the user runs to (re)make it.
+    """
+    try:
+        data = json.loads(fs.cat_file(evaluation_uri))
+    except FileNotFoundError:
+        raise DataError(f"no evaluation for run {run_id} at {evaluation_uri}: {then}") from None
+    except ValueError as exc:  # not JSON, or not UTF-8
+        raise DataError(f"{evaluation_uri} is not valid JSON ({exc}): {then}") from None
+    required = [f.name for f in fields(EvaluationResult) if f.default is MISSING and f.default_factory is MISSING]
+    absent = [name for name in required if name not in data] if isinstance(data, dict) else required
+    if absent:
+        raise DataError(f"{evaluation_uri} is not an updraft evaluation (no {absent[0]!r}): {then}")
+    return EvaluationResult.from_dict(data)
 
 
 # --------------------------------------------------------------------------------------

@@ -22,6 +22,15 @@ class Layout:
     def quarantine(self, run_id: str) -> str:
         return self._uri("quarantine", run_id) + "/"
 
+    def manifest(self) -> str:
+        """Every raw object ingest has taken (key, ETag, rows, outputs): what the next run skips."""
+        return self._uri("manifests", self.dataset, "manifest.json")
+
+    def staging(self) -> str:
+        """Where ingest writes a run's output (``<run_id>/`` below) before moving it into
+        ``curated/`` and ``quarantine/``; outside ``curated/`` so no reader ever sees it."""
+        return self._uri("staging", self.dataset) + "/"
+
     def features(self, run_id: str) -> str:
         return self._uri("features", run_id) + "/"
 

@@ -247,6 +247,23 @@ def preprocess_dataset(
     )
 
 
+def require_features(fs: Any, features_uri: str, *, run_id: str, then: str = "run the preprocess stage first") -> str:
+    """The run's features folder, once it holds ``transform.json`` and every split; returns it with a trailing ``/``.
+
+    Train and evaluate may be scheduled apart from preprocess, so they check that its
+    output is all there before starting a job on half of it. ``then`` ends the message:
+    what the user runs to make the features.
+    """
+    base = features_uri.rstrip("/") + "/"
+    missing = [] if fs.exists(base + TRANSFORM_FILE) else [TRANSFORM_FILE]
+    missing += [f"{name}/" for name in SPLITS if not fs.find(base + name)]
+    if len(missing) == 1 + len(SPLITS):
+        raise DataError(f"no features for run {run_id} at {base}: {then}")
+    if missing:
+        raise DataError(f"the features of run {run_id} at {base} lack {', '.join(missing)}: {then}")
+    return base
+
+
 def _check_request(*, features: Features, kinds: Mapping[str, str], label: str, task: str, input_columns: list[str]) -> None:
     if task not in SUPPORTED_TASKS:
         raise ConfigError(f"task {task!r} cannot be preprocessed yet; use one of {', '.join(SUPPORTED_TASKS)}")

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import logging
 import shutil
+from pathlib import Path
+from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -14,7 +16,7 @@ from prefect.cache_policies import NO_CACHE
 from tasks import runs
 from tasks.aws.target import Target
 from tasks.config import SUPPORTED_TASKS, PipelineConfig
-from tasks.errors import ConfigError
+from tasks.errors import ConfigError, DataError
 from tasks.layout import Layout
 from tasks.modelbundle import extract_model_tar, load_model_bundle
 from tasks.training import container
@@ -42,6 +44,26 @@ def training_channels(features_uri: str) -> dict[str, str]:
         container.CHANNEL_VALIDATION: base + "validation/",
         container.CHANNEL_TRANSFORM: base + container.TRANSFORM_FILE,
     }
+
+
+def fetch_model(fs: Any, model_uri: str, work_dir: str | Path, *, run_id: str, then: str = "run the train stage first") -> Path:
+    """Download a run's ``model.tar.gz`` into ``work_dir`` and unpack it in ``work_dir/model``; returns that folder.
+
+    The artifact in S3 is the source of truth: a stage scheduled on its own (another day,
+    another machine) reads it there rather than trusting a local copy. ``then`` ends the
+    message when the run has no model: what the user runs to make one.
+    """
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    tar_path = work_dir / "model.tar.gz"
+    try:
+        fs.get_file(model_uri, str(tar_path))
+    except FileNotFoundError:
+        raise DataError(f"no model for run {run_id} at {model_uri}: {then}") from None
+    model_dir = work_dir / "model"
+    if model_dir.exists():
+        shutil.rmtree(model_dir)
+    return extract_model_tar(tar_path, model_dir)
 
 
 @task(name="train", cache_policy=NO_CACHE)
@@ -106,13 +128,7 @@ def train_stage(config: PipelineConfig, target: Target, run_id: str, features_ur
     desc = run_sagemaker_training_job(target.client("sagemaker"), request, logs_client=target.client("logs"))
     artifact = desc.get("ModelArtifacts", {}).get("S3ModelArtifacts") or model_artifact_uri(request)
     fs.copy(artifact, model_uri)
-    work_dir.mkdir(parents=True, exist_ok=True)
-    tar_path = work_dir / "model.tar.gz"
-    fs.get_file(model_uri, str(tar_path))
-    model_dir = work_dir / "model"
-    if model_dir.exists():
-        shutil.rmtree(model_dir)
-    extract_model_tar(tar_path, model_dir)
+    model_dir = fetch_model(fs, model_uri, work_dir, run_id=run_id)
     start, end = desc.get("TrainingStartTime"), desc.get("TrainingEndTime")
     duration = (end - start).total_seconds() if start and end else float(desc.get("TrainingTimeInSeconds", 0))
     # The entry point's own record (best iteration) is the truth; SageMaker's parsed metrics the fallback.

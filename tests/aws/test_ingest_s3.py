@@ -12,7 +12,7 @@ import pytest
 from tasks.aws.target import Target
 from tasks.config import load_config
 from tasks.errors import DataError, TargetError
-from tasks.ingest import ingest_stage
+from tasks.ingest import ingest_stage, load_manifest
 from tasks.layout import Layout
 from tasks.sample import write_sample
 
@@ -53,10 +53,37 @@ def test_ingest_stage_curates_and_quarantines_in_s3(sample_config, embedded_targ
     assert len(curated) + len(quarantined) == result.rows_in
     assert fs.cat(result.files_rejected[0]["copy"]) == b"\x00\xff\xfe\xfa" * 100
 
-    # a second run over the same objects replaces the curated rows instead of adding to them
+    manifest = load_manifest(fs, layout.manifest())
+    assert len(manifest.entries) == 4 and manifest.entries["raw/claims/broken.csv"].status == "rejected"
+    assert all(fs.exists(uri) for entry in manifest.entries.values() for uri in entry.outputs)
+    assert not fs.find(layout.staging())  # committed: nothing left in staging
+
+    # a second run over the same objects reads nothing and says so
     again = ingest_stage.fn(sample_config, embedded_target, "run-2")
-    assert again.rows_curated == 882
+    assert (again.files, again.files_skipped, again.rows_in, again.rows_curated) == (0, 4, 0, 0)
     assert len(dd.read_parquet(layout.curated(), storage_options=options).compute()) == 882
+
+
+def test_a_reuploaded_object_replaces_its_rows_and_only_it_is_read(sample_config, embedded_target: Target) -> None:
+    layout = Layout(sample_config.bucket, sample_config.name)
+    fs = embedded_target.filesystem()
+    first = ingest_stage.fn(sample_config, embedded_target, "run-1")
+    s3 = embedded_target.client("s3")
+    key = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=sample_config.bucket, Prefix="raw/claims/claims-")["Contents"])[0]
+    before = load_manifest(fs, layout.manifest()).entries[key]
+    lines = s3.get_object(Bucket=sample_config.bucket, Key=key)["Body"].read().decode().splitlines()
+    s3.put_object(Bucket=sample_config.bucket, Key=key, Body="\n".join(lines[:101]) + "\n")  # its first 100 rows only
+
+    second = ingest_stage.fn(sample_config, embedded_target, "run-2")
+
+    assert (second.files, second.files_skipped, second.rows_in) == (1, 3, 100)
+    curated = dd.read_parquet(layout.curated(), storage_options=embedded_target.storage_options()).compute()
+    assert len(curated) == first.rows_curated - before.rows_curated + second.rows_curated
+    assert curated["claim_id"].is_unique
+    assert not set(line.split(",", 1)[0] for line in lines[101:]) & set(curated["claim_id"])
+    after = load_manifest(fs, layout.manifest()).entries[key]
+    etag = s3.head_object(Bucket=sample_config.bucket, Key=key)["ETag"].strip('"')
+    assert (after.run_id, after.rows_in, after.etag) == ("run-2", 100, etag) and after.etag != before.etag
 
 
 def test_empty_source_prefix_says_what_to_do(sample_config, embedded_target: Target) -> None:
@@ -75,6 +102,7 @@ def test_missing_bucket_is_reported_before_anything_is_read(sample_config, embed
 def test_source_at_the_bucket_root_does_not_ingest_updraft_outputs(sample_config, embedded_target: Target) -> None:
     config = dataclasses.replace(sample_config, source="")
     first = ingest_stage.fn(config, embedded_target, "run-1")
-    second = ingest_stage.fn(config, embedded_target, "run-2")  # curated/ and quarantine/ now exist in the bucket
-    assert first.rows_in == second.rows_in == 900
-    assert second.files == 4
+    # curated/, quarantine/ and manifests/ now exist in the bucket: none of it is read as input
+    second = ingest_stage.fn(config, embedded_target, "run-2")
+    assert (first.files, first.rows_in) == (4, 900)
+    assert (second.files, second.files_skipped) == (0, 4)

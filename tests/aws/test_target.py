@@ -45,7 +45,9 @@ def test_resolution_follows_aws_endpoint_url(monkeypatch: pytest.MonkeyPatch) ->
 def test_missing_bucket_says_how_to_create_it() -> None:
     with EmbeddedAWS():
         with pytest.raises(TargetError, match=r"bucket 'absent' does not exist .*aws s3 mb s3://absent"):
-            resolve_target().check_bucket("absent")
+            resolve_target("local").check_bucket("absent")
+        with pytest.raises(TargetError, match=r"embedded target, which starts empty: pass --upload"):
+            resolve_target("embedded").check_bucket("absent")
 
 
 def test_unreachable_endpoint_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:

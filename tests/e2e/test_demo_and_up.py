@@ -38,6 +38,22 @@ def test_demo_runs_everything_and_stops_what_it_started(isolated_home: Path) -> 
     assert "updraft run" not in result.stdout
 
 
+def test_run_embedded_uploads_local_files(isolated_home: Path, tmp_path: Path) -> None:
+    from tasks.sample import write_sample
+
+    sample = write_sample(tmp_path / "sample", n_rows=3000)
+    data_dir = sample.data_files[0].parent
+    result = run_cli("run", "--config", str(sample.config), "--embedded", "--upload", str(data_dir), "--json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout)
+    assert summary["target"] == "embedded"
+    assert summary["ingest"]["files"] == len(sample.data_files)
+    assert summary["ingest"]["rows_in"] == 3000
+    # Without --upload the fresh endpoint is empty, and the error says what to do.
+    bare = run_cli("run", "--config", str(sample.config), "--embedded", timeout=120)
+    assert bare.returncode == 2 and "pass --upload DATA" in bare.stderr.strip().splitlines()[-1]
+
+
 def processes_started_under(home: Path) -> list[str]:
     """Command lines of live processes whose environment carries this test's UPDRAFT_HOME."""
     import psutil

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks.config import Features, load_config, parse_config
+from tasks.config import Features, IngestConfig, load_config, parse_config
 from tasks.errors import ConfigError
 
 BASE = {
@@ -73,11 +73,25 @@ def test_s3_source_uri_and_contract_uri_are_accepted(tmp_path: Path) -> None:
         ({"features": {"numeric": ["a"], "categorical": ["a"]}}, "both numeric and categorical"),
         ({"gate": {"min_lift": "lots"}}, "'gate.min_lift' has the wrong type"),
         ({"source": "s3://other/raw/"}, "is in bucket 'other'"),
+        ({"ingest": {"max_quarantine_fraction": 1.5}}, "ingest.max_quarantine_fraction 1.5 must be between 0 and 1"),
+        ({"ingest": {"max_quarantine_fraction": "10%"}}, "'ingest.max_quarantine_fraction' has the wrong type"),
+        ({"ingest": {"extra_columns": "ignore"}}, "ingest.extra_columns 'ignore' must be one of drop, keep, fail"),
+        ({"ingest": {"partition_by": ""}}, "ingest.partition_by is empty"),
+        ({"ingest": {"partition": "day"}}, "unknown key 'ingest.partition'"),
     ],
 )
 def test_mistakes_name_what_to_fix(tmp_path: Path, change: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("%", "%")):
         load_config(write(tmp_path, dict(BASE, **change)))
+
+
+def test_ingest_section_has_defaults_and_takes_its_settings(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, BASE)).ingest == IngestConfig(
+        max_quarantine_fraction=0.1, extra_columns="drop", partition_by=None
+    )
+    settings = {"max_quarantine_fraction": 0, "extra_columns": "keep", "partition_by": "submitted_at"}
+    cfg = load_config(write(tmp_path, dict(BASE, ingest=settings)))
+    assert cfg.ingest == IngestConfig(max_quarantine_fraction=0.0, extra_columns="keep", partition_by="submitted_at")
 
 
 def test_missing_required_key_is_named() -> None:

@@ -11,7 +11,13 @@ import pandera.pandas as pa
 import pytest
 
 from tasks.config import Features, parse_config
-from tasks.contracts import column_kinds, load_contract, resolve_features, validate_frame
+from tasks.contracts import (
+    column_kinds,
+    load_contract,
+    resolve_features,
+    validate_frame,
+    without_uniqueness,
+)
 from tasks.errors import ContractError
 
 
@@ -282,3 +288,45 @@ def test_empty_frame_gives_two_empty_frames_with_the_contract_dtypes() -> None:
     valid, quarantined = validate_frame(_raw(**_good(0)), _schema(), source="f.csv")
     assert valid.empty and quarantined.empty
     assert valid["visits"].dtype == "int64"
+
+
+def test_a_reader_can_number_rows_itself_and_keep_unknown_columns_as_text() -> None:
+    columns = _good(3)
+    columns["amount"][1] = "-1"
+    raw = _raw(**columns, note=["a", None, "c"], code=["007", "8", "9"])
+    valid, quarantined = validate_frame(
+        raw, _schema(), source="f.csv", row_numbers=[4, 9, 12], keep_columns=["note", "code"], with_row_numbers=True
+    )
+    assert list(valid.columns) == [*_schema().columns, "note", "code", "_row"]
+    assert valid["code"].tolist() == ["007", "9"] and valid["_row"].tolist() == [4, 12]
+    assert quarantined["_row"].tolist() == [9]
+
+
+def test_uniqueness_can_be_left_to_the_caller() -> None:
+    schema = pa.DataFrameSchema({"id": pa.Column(str, unique=True), "n": pa.Column(int)}, coerce=True)
+    relaxed, unique = without_uniqueness(schema)
+    assert unique == ("id",) and schema.columns["id"].unique  # the contract itself is unchanged
+    valid, quarantined = validate_frame(_raw(id=["a", "a"], n=["1", "2"]), relaxed, source="f.csv")
+    assert len(valid) == 2 and quarantined.empty
+    _, strict_quarantined = validate_frame(_raw(id=["a", "a"], n=["1", "2"]), schema, source="f.csv")
+    assert set(strict_quarantined["_reason"]) == {"id: field_uniqueness failed for 'a'"}
+
+
+def test_numbers_in_text_fail_exactly_as_coercion_would_and_keep_every_reason() -> None:
+    schema = pa.DataFrameSchema(
+        {"id": pa.Column(str), "n": pa.Column(int, pa.Check.ge(0)), "x": pa.Column(float, pa.Check.lt(100))}, coerce=True
+    )
+    raw = _raw(
+        id=["a", "b", "c", "d", "e", "f"],
+        n=["1_000", "\uff15", "5.0", "-1", "two", "7"],
+        x=["1_000.5", "2e1", "oops", "1.5", "500", "7.5"],
+    )
+    valid, quarantined = validate_frame(raw, schema, source="f.csv")
+    # what Python's int()/float() accept passes, as when pandera coerces the text itself
+    assert valid.set_index("id")["n"].to_dict() == {"b": 5, "f": 7}
+    assert quarantined.set_index("id")["_reason"].to_dict() == {
+        "a": "x: less_than(100) failed for '1_000.5'",
+        "c": "n: coerce_dtype('int64') failed for '5.0'; x: coerce_dtype('float64') failed for 'oops'",
+        "d": "n: greater_than_or_equal_to(0) failed for '-1'",
+        "e": "n: coerce_dtype('int64') failed for 'two'; x: less_than(100) failed for '500'",
+    }
