@@ -256,9 +256,10 @@ def demo(
 
 
 def _describe_ingest(r: dict[str, Any]) -> str:
+    rejected = len(r.get("files_rejected") or [])
     return (
-        f"ingested {r['files']} files: {r['rows_in']} rows in, "
-        f"{r['rows_curated']} curated, {r['rows_quarantined']} quarantined "
+        f"ingested {r['files']} files ({r.get('files_skipped', 0)} already ingested, {rejected} rejected): "
+        f"{r['rows_in']} rows in, {r['rows_curated']} curated, {r['rows_quarantined']} quarantined "
         f"({r['quarantine_uri']})"
     )
 

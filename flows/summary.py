@@ -26,6 +26,7 @@ def format_summary(summary: dict[str, Any]) -> str:
             f"{ingest.get('files')} files, {ingest.get('rows_in')} rows in: {ingest.get('rows_curated')} curated, "
             f"{ingest.get('rows_quarantined')} quarantined"
             + (f", {rejected} files rejected" if rejected else "")
+            + (f", {ingest['files_skipped']} already ingested" if ingest.get("files_skipped") else "")
             + f"  ({ingest.get('quarantine_uri')})",
         )
     prep = summary.get("preprocess") or {}

@@ -303,10 +303,10 @@ def _data_section(summary: dict[str, Any]) -> str:
     if ingest:
         parts.append(
             _table(
-                ["files read", "rows in", "curated", "quarantined"],
-                [[_num(ingest.get("files")), _num(ingest.get("rows_in")), _num(ingest.get("rows_curated")),
-                  _num(ingest.get("rows_quarantined"))]],
-                numeric=(0, 1, 2, 3),
+                ["files read", "already ingested", "rows in", "curated", "quarantined"],
+                [[_num(ingest.get("files")), _num(ingest.get("files_skipped", 0)), _num(ingest.get("rows_in")),
+                  _num(ingest.get("rows_curated")), _num(ingest.get("rows_quarantined"))]],
+                numeric=(0, 1, 2, 3, 4),
             )
         )
         for key, label in (("curated_uri", "curated"), ("quarantine_uri", "quarantine")):

@@ -181,7 +181,7 @@ def preprocess_dataset(
     salt = DEFAULT_SALT
 
     started = time.perf_counter()
-    curated = _read_curated(curated_uri, storage_options)
+    curated = _read_curated(curated_uri, storage_options, list(dict.fromkeys([*features.all, label])))
     _check_columns(curated, features, label, task, curated_uri)
     parts = curated.to_delayed()
     fit_task = dask.delayed(fit_partition, pure=True)
@@ -283,12 +283,29 @@ def _check_request(*, features: Features, kinds: Mapping[str, str], label: str, 
         raise DataError(f"regression needs a numeric label, but {label!r} is categorical in the contract")
 
 
-def _read_curated(curated_uri: str, storage_options: dict[str, Any]) -> dd.DataFrame:
+def _read_curated(curated_uri: str, storage_options: dict[str, Any], columns: list[str]) -> dd.DataFrame:
+    """Every curated file, checked for the columns preprocess needs.
+
+    All columns are read (the split hashes whole rows, so reruns split identically);
+    day-partition folder names must not become columns. Files whose kept extra columns
+    differ (``extra_columns: keep`` over sparse JSON) are not supported here yet.
+    """
+    import pyarrow.parquet as pq
+
     fs, root = fsspec.core.url_to_fs(curated_uri, **storage_options)
     files = sorted(p for p in fs.find(root) if p.endswith(".parquet"))
     if not files:
         raise DataError(f"no curated Parquet files under {curated_uri}: run the ingest stage first")
-    return dd.read_parquet([fs.unstrip_protocol(p) for p in files], storage_options=storage_options)
+    with fs.open(files[0]) as handle:
+        present = list(pq.read_schema(handle).names)
+    absent = [c for c in columns if c not in present]
+    if absent:
+        raise DataError(f"the curated data at {curated_uri} has no column {absent[0]!r} (columns: {', '.join(present)})")
+    return dd.read_parquet(
+        [fs.unstrip_protocol(p) for p in files],
+        storage_options=storage_options,
+        dataset={"partitioning": None},
+    )
 
 
 def _check_columns(curated: dd.DataFrame, features: Features, label: str, task: str, curated_uri: str) -> None:

@@ -5,7 +5,10 @@ at a size this test can afford (about 1.5 GB through workers limited to 512 MiB,
 blocks scaled down from 64 MiB to 8 MiB in proportion). What a user would see go wrong
 is a worker killed for its memory (its nanny then restarts it and the work is redone, or
 the run fails), so the test checks that no worker was restarted and that each worker's
-peak resident memory, as the kernel counts it, stayed under the limit.
+peak resident memory, as the kernel counts it, stayed under the limit. It also checks
+that the workers did not park data on their disks to get there: Dask spills task results
+past 60% of the limit, which keeps a run alive but turns streaming into writing the file
+to the workers' local disks and reading it back.
 
 The file is local: the memory in question is the workers' own, and moto answers every
 ranged GET by reading the whole object, which would make a 1.5 GB object take minutes.
@@ -17,6 +20,7 @@ import logging
 import os
 import resource
 from pathlib import Path
+from typing import Any
 
 import fsspec
 import numpy as np
@@ -88,6 +92,11 @@ def _peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def _spilled_bytes(dask_worker: Any) -> float:
+    """Bytes this worker has written to its spill directory since it started."""
+    return getattr(dask_worker.data, "cumulative_metrics", {}).get(("disk-write", "bytes"), 0.0)
+
+
 def _parquet_rows(folder: Path) -> int:
     return sum(pq.read_metadata(path).num_rows for path in folder.rglob("*.parquet"))
 
@@ -118,11 +127,14 @@ def test_a_csv_three_times_worker_memory_ingests_without_exceeding_it(tmp_path: 
             blocksize=BLOCKSIZE,
         )
         peaks = client.run(_peak_rss)
+        spilled = client.run(_spilled_bytes)
         after = set(client.run(os.getpid).values())
 
     assert after == workers, "a worker was killed for its memory and restarted by its nanny"
     worst = max(peaks.values())
     assert worst < MEMORY_LIMIT, f"a worker peaked at {worst / 2**20:.0f} MiB, over its {MEMORY_LIMIT / 2**20:.0f} MiB limit"
+    parked = max(spilled.values())
+    assert parked < BLOCKSIZE, f"a worker spilled {parked / 2**20:.0f} MiB of task results to disk to stay under its limit"
     assert (result.rows_in, result.rows_curated, result.rows_quarantined) == (rows, rows - invalid, invalid)
     assert _parquet_rows(tmp_path / "curated") == rows - invalid
     assert _parquet_rows(tmp_path / "quarantine" / "run-1") == invalid

@@ -96,6 +96,18 @@ def test_run_json_conserves_rows_deploys_and_serves(embedded: EmbeddedAWS, tmp_p
     answer = requests.post(url, json={"instances": instances}, timeout=30)
     assert answer.status_code == 200 and answer.json()["predictions"] == pytest.approx(predictions[:3], rel=1e-5)
 
+    # A rerun over the same source ingests nothing new, trains on what is curated, and
+    # updates the endpoint in place under the same name.
+    again = run_cli("run", "--config", str(config_path), "--json")
+    assert again.returncode == 0, again.stderr[-3000:]
+    second = json.loads(again.stdout)
+    assert second["ingest"]["files"] == 0 and second["ingest"]["files_skipped"] == 3
+    assert second["ingest"]["rows_in"] == 0
+    assert sum(second["preprocess"]["rows"].values()) == sum(rows.values())
+    assert second["deploy"]["endpoint_name"] == summary["deploy"]["endpoint_name"]
+    url = second["deploy"]["url"]
+    assert requests.post(url, data=body.getvalue(), headers={"Content-Type": "text/csv"}, timeout=30).status_code == 200
+
     listing = run_cli("endpoint", "list", "--json")
     assert listing.returncode == 0
     names = {e["name"]: e for e in json.loads(listing.stdout)}
