@@ -322,9 +322,113 @@ _STAGE_COMMANDS: dict[str, tuple[str, Callable[[dict[str, Any]], str], bool]] = 
 
 
 for _name, (_help, _describe, _new_run) in _STAGE_COMMANDS.items():
+    if _name == "ingest":
+        continue  # below: it also watches
     app.command(_name, help=_help)(
         _flow_command(functools.partial(_run_stage_cli, _name), _describe, _NEW_RUN_OPTION if _new_run else _RUN_OPTION)
     )
+
+_ingest_once = _flow_command(functools.partial(_run_stage_cli, "ingest"), _describe_ingest, _NEW_RUN_OPTION)
+
+
+@app.command("ingest")
+def ingest(
+    config: Path = _CONFIG_OPTION,
+    json_out: bool = typer.Option(
+        False, "--json", help="Print one JSON object on stdout (with --watch: one line per ingest run); logs stay on stderr."
+    ),
+    embedded: bool = _EMBEDDED_OPTION,
+    run_id: Optional[str] = _NEW_RUN_OPTION,
+    watch: bool = typer.Option(
+        False, "--watch", help="Keep running: ingest whenever new or changed files arrive; SIGINT/SIGTERM stops between runs."
+    ),
+    interval: float = typer.Option(30.0, "--interval", min=0.1, help="With --watch: seconds between looks at the source prefix."),
+    queue_url: Optional[str] = typer.Option(
+        None,
+        "--queue-url",
+        help="With --watch: wait on this SQS queue of the bucket's S3 ObjectCreated notifications "
+        "instead of listing the prefix every interval (default: the config's ingest.queue_url).",
+    ),
+    max_runs: Optional[int] = typer.Option(None, "--max-runs", min=1, help="With --watch: stop after this many ingest runs."),
+    verbose: bool = _VERBOSE_OPTION,
+) -> None:
+    """Only the ingest stage: validate raw files into curated Parquet and the quarantine.
+
+    With --watch it keeps going: it ingests what is new at once, then again whenever files
+    arrive (by polling, or by S3 event notifications through SQS with --queue-url).
+    """
+    if not watch:
+        if queue_url or max_runs is not None:
+            _fail("--queue-url and --max-runs go with --watch")
+        _ingest_once(config=config, json_out=json_out, embedded=embedded, run_id=run_id, verbose=verbose)
+        return
+    if run_id:
+        _fail("--run-id does not go with --watch: every ingest run gets its own id")
+    _configure_logging(verbose)
+    with _user_errors(), _stdout_to_stderr() as write_stdout, _target(embedded) as kind:
+        failed = _watch_ingest_cli(
+            config,
+            target_kind=kind,
+            interval=interval,
+            queue_url=queue_url,
+            max_runs=max_runs,
+            emit=(lambda r: write_stdout(json.dumps(r, default=str) + "\n"))
+            if json_out
+            else (lambda r: typer.echo(r["error"] if "error" in r else _describe_ingest(r), err=True)),
+        )
+    if failed and max_runs is not None:
+        _fail(f"{failed} of the ingest runs failed (see the log above)", code=1)
+
+
+def _watch_ingest_cli(
+    config_path: Path,
+    *,
+    target_kind: str | None,
+    interval: float,
+    queue_url: str | None,
+    max_runs: int | None,
+    emit: Callable[[dict[str, Any]], None],
+) -> int:
+    """Watch the source prefix; returns how many ingest runs failed."""
+    from tasks.aws.target import resolve_target
+    from tasks.config import load_config
+    from tasks.contracts import load_contract
+    from tasks.ingest.watch import Polling, QueueEvents, call_in_thread, find_pending, pipeline_prefixes, stop_on_signals, watch
+    from tasks.layout import Layout
+
+    config = load_config(config_path)
+    target = resolve_target(target_kind, config.aws.region)
+    # what preflight checks, less the source files: the watcher waits for those
+    target.check_bucket(config.bucket)
+    fs = target.filesystem()
+    load_contract(config.contract, fs)
+    _quiet_prefect_tracebacks()
+    from flows.stages import ingest_flow
+
+    layout = Layout(config.bucket, config.name)
+    exclude = pipeline_prefixes(layout)
+    queue_url = queue_url or config.ingest.queue_url
+    if queue_url:
+        waiter: Any = QueueEvents(
+            target.client("sqs"), queue_url, bucket=config.bucket, prefix=config.source, exclude=exclude,
+            wait_s=max(1, int(min(interval, 20))),
+        )
+        log.info("watching %s through the SQS queue %s", config.source_uri, queue_url)
+    else:
+        waiter = Polling(interval)
+        log.info("watching %s every %g s", config.source_uri, interval)
+    stop = threading.Event()
+    stop_on_signals(stop)
+    failed = watch(
+        pending=lambda: find_pending(target.filesystem(), config.source_uri, layout.manifest(), exclude),
+        ingest=lambda: call_in_thread(lambda: ingest_flow(str(config_path), target_kind=target_kind)),
+        waiter=waiter,
+        stop=stop,
+        on_result=emit,
+        max_runs=max_runs,
+    )
+    log.info("stopped watching %s", config.source_uri)
+    return failed
 
 
 @app.command()

@@ -103,11 +103,14 @@ class IngestConfig:
     ``extra_columns``: ``drop`` columns the contract does not know (with a warning), ``keep``
     them in curated as text, or ``fail`` (reject files that have them).
     ``partition_by``: a datetime column of the contract; curated files go to one folder per day.
+    ``queue_url``: the SQS queue receiving the bucket's ``s3:ObjectCreated:*`` notifications;
+    ``updraft ingest --watch`` waits on it instead of listing the prefix every interval.
     """
 
     max_quarantine_fraction: float = 0.1
     extra_columns: str = "drop"
     partition_by: str | None = None
+    queue_url: str | None = None
 
 
 @dataclass(frozen=True)

@@ -299,7 +299,10 @@ def _stage_files(jobs: list[FileJob], schema: pa.DataFrameSchema, client: Any, b
         elif any(r.suspect for r in value):
             log.info("%s: a quoted field holds a line break; reading the file front to back", outcome.obj.uri)
             _remove(_filesystem(outcome.job.staging, outcome.job.storage_options), outcome.job.staging)
-            again[key] = _plan_file(outcome.job, contract, blocksize, stream=True)
+            try:
+                again[key] = _plan_file(outcome.job, contract, blocksize, stream=True)
+            except FileRejected as exc:
+                outcome.rejected = exc.reason
         else:
             for result in value:
                 outcome.add(result)
@@ -310,6 +313,10 @@ def _stage_files(jobs: list[FileJob], schema: pa.DataFrameSchema, client: Any, b
             for result in value:
                 outcomes[key].add(result)
     return [outcomes[job.obj.key] for job in jobs]
+
+
+#: Blocks of one file parsed ahead of their validation, at most (see ``_plan_file``).
+_PARSE_AHEAD = 4
 
 
 def _plan_file(job: FileJob, contract: Any, blocksize: int, *, stream: bool) -> list[Any]:
@@ -323,7 +330,10 @@ def _plan_file(job: FileJob, contract: Any, blocksize: int, *, stream: bool) -> 
         _, parts = plan_parquet(obj, job.storage_options, blocksize)
         return [dask.delayed(_stage_parquet_part)(job, contract, part, index) for index, part in enumerate(parts)]
     if obj.format in ("csv", "tsv"):
-        header = dask.delayed(_read_header)(job)
+        # Read here (one small request), not as a task: block parses then depend on nothing,
+        # so the scheduler's queuing of root tasks keeps only a few parsed blocks in memory
+        # per worker instead of parsing the whole file ahead of validation.
+        header: Any = read_csv_header(obj, job.storage_options)
         if stream or obj.compressed:
             return [dask.delayed(_stage_csv_stream)(job, contract, header, blocksize)]
         parse: Any = dask.delayed(_parse_csv)
@@ -334,27 +344,26 @@ def _plan_file(job: FileJob, contract: Any, blocksize: int, *, stream: bool) -> 
         parse, extra = dask.delayed(_parse_json), ()
     # A block's first record number is the sum of the earlier blocks' record counts, which
     # are known only once parsed; chaining the sums keeps a single read per block.
+    # Dask's scheduler would parse every block of a file ahead of validating them (parsing is
+    # cheaper), holding them all in memory; making block i's parse wait for block i-k's
+    # staging bounds a file's parsed-but-unvalidated blocks to k.
     tasks = []
     offset: Any = 0
     for index, start in enumerate(block_offsets(obj.size, blocksize)):
-        chunk = parse(job, *extra, start, blocksize, index == 0)
+        after = tasks[index - _PARSE_AHEAD] if index >= _PARSE_AHEAD else None
+        chunk = parse(job, *extra, start, blocksize, index == 0, after)
         tasks.append(dask.delayed(_stage_block)(chunk, contract, job, f"{index:05d}", offset))
         offset = dask.delayed(operator.add)(offset, dask.delayed(_records)(chunk))
     return tasks
-
-
-def _read_header(job: FileJob) -> CsvHeader | FileRejected:
-    try:
-        return read_csv_header(job.obj, job.storage_options)
-    except FileRejected as exc:
-        return exc
 
 
 def _records(chunk: Chunk | FileRejected) -> int:
     return 0 if isinstance(chunk, FileRejected) else chunk.records
 
 
-def _parse_csv(job: FileJob, header: CsvHeader | FileRejected, start: int, length: int, first: bool) -> Chunk | FileRejected:
+def _parse_csv(
+    job: FileJob, header: CsvHeader | FileRejected, start: int, length: int, first: bool, after: Any = None
+) -> Chunk | FileRejected:
     if isinstance(header, FileRejected):
         return header
     try:
@@ -365,7 +374,7 @@ def _parse_csv(job: FileJob, header: CsvHeader | FileRejected, start: int, lengt
         return exc
 
 
-def _parse_json(job: FileJob, start: int, length: int, first: bool) -> Chunk | FileRejected:
+def _parse_json(job: FileJob, start: int, length: int, first: bool, after: Any = None) -> Chunk | FileRejected:
     try:
         data = read_text_block(job.obj, job.storage_options, start, length)
         with reading(job.obj, None):

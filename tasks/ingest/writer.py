@@ -230,17 +230,23 @@ def finish_group(
             if table.num_rows:
                 writer.write_table(_conform(table, schema))
                 rows += table.num_rows
-    fs.rm(paths)
     rows_moved = sum(len(m) for m in moved)
     if moved:
         frame = pd.concat(moved, ignore_index=True).sort_values(ROW, kind="stable").reset_index(drop=True)
         name = group.path.replace("/", "_").replace("=", "_")  # one per group: groups of several days share base names
         put_parquet(fs, f"{job.quarantine_staging}{job.slug}/unique-{name}", frame)
+    final = fs._strip_protocol(job.curated_staging + group.path)
+    # Pieces go only once the merged file is in place: a task killed in between and rerun
+    # by Dask still finds its inputs and writes the same result again.
     if rows == 0:
         fs.rm(target)
+    else:
+        fs.mv(target, final)
+    leftovers = [p for p in paths if p != final]
+    if leftovers:
+        fs.rm(leftovers)
+    if rows == 0:
         return None, rows_moved
-    final = fs._strip_protocol(job.curated_staging + group.path)
-    fs.mv(target, final)
     return Piece(path=group.path, rows=rows, nbytes=int(fs.size(final))), rows_moved
 
 

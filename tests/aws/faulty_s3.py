@@ -6,10 +6,10 @@ before they reach the endpoint behind it; every other request is forwarded as it
 Faulted requests never reach the endpoint, so a retry is always safe to make and any
 row lost or duplicated is the client's doing, not the proxy's.
 
-Which requests fail is deterministic for a given ``seed``: the first ``fail_first``
-requests of each kind, the request numbers listed in ``fail_numbers``, then a
-``fraction`` of the rest. Counters say what was injected, so a test can prove that its
-faults really happened.
+Which requests fail is a plan counted per request kind: the first ``fail_first`` of
+each kind, the numbers listed in ``fail_numbers``, then a ``fraction`` of the rest drawn
+from a seeded generator (which request gets which number follows the order requests
+arrive in). Counters say what was injected, so a test can prove its faults happened.
 """
 
 from __future__ import annotations
