@@ -92,13 +92,6 @@ def assert_conserved(result: IngestResult) -> None:
     assert result.rows_in == result.rows_curated + result.rows_quarantined
 
 
-@pytest.fixture()
-def raw(tmp_path: Path) -> Path:
-    path = tmp_path / "raw"
-    path.mkdir()
-    return path
-
-
 # --- listing -----------------------------------------------------------------------------
 
 

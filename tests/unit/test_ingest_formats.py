@@ -21,13 +21,6 @@ from tests.unit.test_ingest import (
 )
 
 
-@pytest.fixture()
-def raw(tmp_path: Path) -> Path:
-    path = tmp_path / "raw"
-    path.mkdir()
-    return path
-
-
 def _zstd(data: bytes) -> bytes:
     sink = pa.BufferOutputStream()
     with pa.CompressedOutputStream(sink, "zstd") as out:

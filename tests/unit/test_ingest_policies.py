@@ -35,13 +35,6 @@ DATED = pa.DataFrameSchema(
 )
 
 
-@pytest.fixture()
-def raw(tmp_path: Path) -> Path:
-    path = tmp_path / "raw"
-    path.mkdir()
-    return path
-
-
 # --- unique: true ---------------------------------------------------------------------------
 
 

@@ -31,13 +31,6 @@ from tests.unit.test_ingest import (
 )
 
 
-@pytest.fixture()
-def raw(tmp_path: Path) -> Path:
-    path = tmp_path / "raw"
-    path.mkdir()
-    return path
-
-
 def _entry(key: str, etag: str = "e1", size: int = 10) -> ManifestEntry:
     return ManifestEntry(
         key=key, uri=f"s3://b/{key}", etag=etag, size=size, status="ingested", rows_in=3, rows_curated=2,
