@@ -316,7 +316,7 @@ def _stage_files(jobs: list[FileJob], schema: pa.DataFrameSchema, client: Any, b
 
 
 #: Blocks of one file parsed ahead of their validation, at most (see ``_plan_file``).
-_PARSE_AHEAD = 4
+_PARSE_AHEAD = 2
 
 
 def _plan_file(job: FileJob, contract: Any, blocksize: int, *, stream: bool) -> list[Any]:
