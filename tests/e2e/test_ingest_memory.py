@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import os
-import resource
 from pathlib import Path
 from typing import Any
 
@@ -88,8 +87,17 @@ def write_big_csv(path: Path, min_bytes: int, rows_per_batch: int = 500_000) -> 
 
 
 def _peak_rss() -> int:
-    """This process's peak resident memory since it started, in bytes (Linux counts KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    """This process's peak resident memory, in bytes, as the kernel counts it.
+
+    ``VmHWM`` belongs to the process's own address space. ``getrusage``'s ``ru_maxrss``
+    would be wrong here: Linux carries it across ``exec``, so a worker spawned by a
+    pytest process that already holds 900 MiB would report 900 MiB before doing anything.
+    """
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("/proc/self/status has no VmHWM line; this test needs Linux")
 
 
 def _spilled_bytes(dask_worker: Any) -> float:
