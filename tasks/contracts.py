@@ -37,6 +37,8 @@ REASON, SOURCE, ROW = "_reason", "_source", "_row"
 _TRUE = frozenset({"true", "t", "yes", "y", "1", "1.0"})
 _FALSE = frozenset({"false", "f", "no", "n", "0", "0.0"})
 _DTYPE_CHECK = re.compile(r"^dtype\((.*)\)$")
+_TRUE_TOKENS = pyarrow.array(sorted(_TRUE), pyarrow.large_string())
+_FALSE_TOKENS = pyarrow.array(sorted(_FALSE), pyarrow.large_string())
 
 
 def load_contract(location: str, fs: Any = None) -> pa.DataFrameSchema:
@@ -292,7 +294,9 @@ def _prepare_booleans(work: pd.DataFrame, schema: pa.DataFrameSchema) -> list[tu
     pandas casts any non-empty string to True and a null to False, so without this
     "false", "maybe" and a missing value would all pass a ``bool`` column silently wrong.
     A reported value is replaced by a stand-in so the row's other columns are still
-    checked (its reasons are complete); the caller quarantines the row.
+    checked (its reasons are complete); the caller quarantines the row. Text columns are
+    mapped in one vectorised pass; other values (JSON's own booleans in an object column)
+    one by one.
     """
     failures: list[tuple[int, str]] = []
     for name, column in schema.columns.items():
@@ -303,6 +307,18 @@ def _prepare_booleans(work: pd.DataFrame, schema: pa.DataFrameSchema) -> list[tu
         if pd.api.types.is_bool_dtype(values.dtype) and not values.isna().any():
             continue
         holds_nulls = isinstance(pandas_dtype, pd.BooleanDtype)
+        null_reason = (
+            None
+            if holds_nulls
+            else f"{name}: not_nullable failed for null"
+            if not column.nullable
+            else f"{name}: coerce_dtype('{column.dtype}') failed for null "
+            "(give the column dtype 'boolean' in the contract to allow missing values)"
+        )
+        if _is_text(values):
+            work[name], found = _text_to_booleans(values, name, column, holds_nulls, null_reason)
+            failures.extend(found)
+            continue
         mapped: list[Any] = []
         for position, value in zip(values.index, values.tolist()):
             reason = None
@@ -313,13 +329,7 @@ def _prepare_booleans(work: pd.DataFrame, schema: pa.DataFrameSchema) -> list[tu
                     reason = f"{name}: coerce_dtype('{column.dtype}') failed for {value!r}"
             elif _is_null(value):
                 value = pd.NA if holds_nulls else None
-                if not holds_nulls:
-                    reason = (
-                        f"{name}: not_nullable failed for null"
-                        if not column.nullable
-                        else f"{name}: coerce_dtype('{column.dtype}') failed for null "
-                        "(give the column dtype 'boolean' in the contract to allow missing values)"
-                    )
+                reason = null_reason
             if reason:
                 failures.append((int(position), reason))
                 value = False
@@ -328,15 +338,51 @@ def _prepare_booleans(work: pd.DataFrame, schema: pa.DataFrameSchema) -> list[tu
     return failures
 
 
-def _prepare_numbers(work: pd.DataFrame, schema: pa.DataFrameSchema) -> list[tuple[int, str, str]]:
-    """Find text that cannot become the number a numeric column wants, in place of pandera.
+def _is_text(values: pd.Series) -> bool:
+    """A column of strings (pandas' ``str``/``string`` dtypes), not an object column of anything."""
+    return pd.api.types.is_string_dtype(values.dtype) and not pd.api.types.is_object_dtype(values.dtype)
 
-    pandera finds such a value element by element and then skips the column's checks for
-    every row, which costs a round of validation per kind of failure; found here in one
-    vectorised pass, the value is replaced by a stand-in that coerces (a null, or 0 for
-    integers) so a single round checks everything else. The test is Python's own
-    ``float()``/``int()``, which is what coercing text does, so the same values fail with
-    the same reason. Returns (row, column, reason) for each such value.
+
+def _text_to_booleans(
+    values: pd.Series, name: str, column: Any, holds_nulls: bool, null_reason: str | None
+) -> tuple[pd.Series, list[tuple[int, str]]]:
+    text = pyarrow.array(values, from_pandas=True, type=pyarrow.large_string())
+    token = pc.utf8_lower(pc.utf8_trim_whitespace(text))
+    true = pc.is_in(token, value_set=_TRUE_TOKENS).to_numpy(zero_copy_only=False)
+    false = pc.is_in(token, value_set=_FALSE_TOKENS).to_numpy(zero_copy_only=False)
+    null = pc.is_null(text).to_numpy(zero_copy_only=False)
+    unknown = ~(true | false | null)
+    failures = [
+        (int(values.index[p]), f"{name}: coerce_dtype('{column.dtype}') failed for {repr(text[int(p)].as_py())}")
+        for p in np.flatnonzero(unknown)
+    ]
+    if null_reason is not None:
+        failures += [(int(values.index[p]), null_reason) for p in np.flatnonzero(null)]
+    failures.sort(key=lambda f: f[0])
+    if holds_nulls:
+        mapped = pd.Series(pd.arrays.BooleanArray(true, null), index=values.index)
+    else:
+        mapped = pd.Series(true, index=values.index)  # stand-ins are False
+    return mapped, failures
+
+
+#: Text a float64 or int64 column can take as it is: Arrow casts it to the very number
+#: Python's float()/int() (pandas' coercion of text) gives. Anything else (spaces, "1_000",
+#: "inf", an overflowing integer) is parsed one value at a time, as pandas would.
+_PLAIN_FLOAT = r"^[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]{1,3})?$"
+_PLAIN_INT = r"^-?[0-9]{1,18}$"  # Arrow refuses a leading "+"
+
+
+def _prepare_numbers(work: pd.DataFrame, schema: pa.DataFrameSchema) -> list[tuple[int, str, str]]:
+    """Turn text in numeric columns into numbers in place of pandera, and report what cannot be.
+
+    pandera finds an uncoercible value element by element and then skips the column's
+    checks for every row, which costs a round of validation per kind of failure; and its
+    coercion of text goes through Python objects. Here float64 and int64 columns are cast
+    in one vectorised pass (:data:`_PLAIN_FLOAT`), the few other values parsed one by one
+    with pandas' own coercion, so the same values fail with the same reason. A failed value
+    is replaced by a stand-in (a null, or 0 for integers) so that a single round of
+    validation checks everything else. Returns (row, column, reason) for each such value.
     """
     failures: list[tuple[int, str, str]] = []
     for name, column in schema.columns.items():
@@ -346,29 +392,40 @@ def _prepare_numbers(work: pd.DataFrame, schema: pa.DataFrameSchema) -> list[tup
             pandas_dtype is None
             or not pd.api.types.is_numeric_dtype(pandas_dtype)
             or pd.api.types.is_bool_dtype(pandas_dtype)
-            or not pd.api.types.is_string_dtype(values.dtype)
-            or pd.api.types.is_object_dtype(values.dtype)
+            or not _is_text(values)
         ):
             continue
         integer = pd.api.types.is_integer_dtype(pandas_dtype)
-        present = values.notna()
-        if integer:
-            plain = pc.match_substring_regex(pyarrow.array(values, from_pandas=True), r"^\s*[+-]?\d+\s*$")
-            suspect = present & ~pd.Series(plain.fill_null(False).to_numpy(zero_copy_only=False), index=values.index)
-        else:
-            suspect = present & pd.to_numeric(values, errors="coerce").isna()
-        if not suspect.any():
-            continue
-        parse = int if integer else float
+        wide = np.dtype(pandas_dtype) in (np.dtype("int64"), np.dtype("float64")) if isinstance(pandas_dtype, np.dtype) else False
+        text = pyarrow.array(values, from_pandas=True, type=pyarrow.large_string())
+        plain = pc.match_substring_regex(text, _PLAIN_INT if integer else _PLAIN_FLOAT).fill_null(False)
+        odd = pc.and_(pc.invert(plain), pc.is_valid(text)).to_numpy(zero_copy_only=False)
+        numeric = "int64" if integer else "float64"
+        parsed: dict[int, Any] = {}
         bad = []
-        for position, value in values[suspect].items():
+        for p in np.flatnonzero(odd):
+            value = text[int(p)].as_py()
             try:
-                parse(value)
-            except (ValueError, TypeError):
-                bad.append(position)
-                failures.append((int(position), name, f"{name}: coerce_dtype('{column.dtype}') failed for {_show(value)}"))
-        if bad:
-            work.loc[bad, name] = "0" if integer else None
+                parsed[int(p)] = pd.Series([value], dtype=values.dtype).astype(numeric).iloc[0]
+            except (ValueError, TypeError, OverflowError):
+                bad.append(int(p))
+                failures.append(
+                    (int(values.index[p]), name, f"{name}: coerce_dtype('{column.dtype}') failed for {_show(value)}")
+                )
+        has_nulls = bool(pc.any(pc.is_null(text)).as_py())
+        if not wide or (integer and has_nulls):
+            # pandera coerces these itself (a null in an int64 column fails as it should);
+            # only the failed values need their stand-ins
+            if bad:
+                work.loc[values.index[bad], name] = "0" if integer else None
+            continue
+        numbers = pc.cast(pc.if_else(plain, text, pyarrow.scalar(None, pyarrow.large_string())), pyarrow.float64() if not integer else pyarrow.int64())
+        array = numbers.to_numpy(zero_copy_only=False).copy() if not integer else numbers.fill_null(0).to_numpy(zero_copy_only=False).copy()
+        for p, value in parsed.items():
+            array[p] = value
+        for p in bad:
+            array[p] = 0 if integer else np.nan
+        work[name] = pd.Series(array, index=values.index)
     return failures
 
 

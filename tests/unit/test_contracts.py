@@ -330,3 +330,49 @@ def test_numbers_in_text_fail_exactly_as_coercion_would_and_keep_every_reason() 
         "d": "n: greater_than_or_equal_to(0) failed for '-1'",
         "e": "n: coerce_dtype('int64') failed for 'two'; x: less_than(100) failed for '500'",
     }
+
+
+def _number_texts() -> list[str]:
+    """Text a CSV might hold for numbers: plain, signed, exponents, many digits, odd spacing."""
+    import numpy as np
+
+    rng = np.random.default_rng(5)
+    values = np.concatenate([rng.normal(0, 1, 300), rng.lognormal(0, 12, 300), -rng.lognormal(0, 30, 100)])
+    texts = [repr(float(v)) for v in values] + [f"{v:.25g}" for v in values[:200]] + [f"{v:.3e}" for v in values[:100]]
+    texts += ["0", "-0", "+5", ".5", "5.", "-.25e-3", "1E+300", "4.9e-324", "123456789012345678", "0001.2300"]
+    return texts
+
+
+def test_numbers_in_text_are_the_numbers_pandas_reads() -> None:
+    texts = _number_texts()
+    schema = pa.DataFrameSchema({"x": pa.Column(float)}, coerce=True)
+    valid, quarantined = validate_frame(_raw(x=texts), schema, source="f.csv")
+    assert quarantined.empty
+    expected = pd.Series(texts, dtype=object).map(float).to_numpy()
+    assert valid["x"].dtype == "float64"
+    assert (valid["x"].to_numpy() == expected).all()  # bit for bit, not approximately
+
+
+def test_integers_and_odd_number_text_read_as_pandas_reads_them() -> None:
+    schema = pa.DataFrameSchema({"i": pa.Column("int64"), "x": pa.Column(float, nullable=True)}, coerce=True)
+    raw = _raw(
+        i=["1", "-2", "+3", " 4", "1_0", "123456789012345678", "9223372036854775807", "5.0", "9223372036854775808"],
+        x=[" 7 ", "1_000", "inf", "nan", "1e999", None, "0x10", "٣", "-"],
+    )
+    valid, quarantined = validate_frame(raw, schema, source="f.csv")
+    assert valid["i"].tolist() == [1, -2, 3, 4, 10, 123456789012345678]
+    assert valid["x"].tolist()[:3] == [7.0, 1000.0, float("inf")]
+    assert pd.isna(valid["x"].iloc[3]) and valid["x"].iloc[4] == float("inf") and pd.isna(valid["x"].iloc[5])
+    assert quarantined["_reason"].tolist() == [
+        "x: coerce_dtype('float64') failed for '0x10'",
+        "i: coerce_dtype('int64') failed for '5.0'",
+        "i: coerce_dtype('int64') failed for '9223372036854775808'; x: coerce_dtype('float64') failed for '-'",
+    ]
+
+
+def test_nullable_boolean_text_keeps_its_missing_values() -> None:
+    schema = pa.DataFrameSchema({"flag": pa.Column("boolean", nullable=True), "n": pa.Column(str)}, coerce=True)
+    valid, quarantined = validate_frame(_raw(flag=[" Yes", None, "0", "T", "nope"], n=list("abcde")), schema, source="f.csv")
+    assert str(valid["flag"].dtype) == "boolean"
+    assert valid["flag"].tolist() == [True, pd.NA, False, True]
+    assert quarantined["_reason"].tolist() == ["flag: coerce_dtype('boolean') failed for 'nope'"]
