@@ -268,16 +268,25 @@ def _first_record_end(data: bytes) -> int | None:
 
 
 def parse_csv_block(data: bytes, header: CsvHeader, *, holds_header: bool) -> Chunk:
-    """Parse one block of a CSV file (``holds_header`` for the first: its first record is the header)."""
-    broken: list[tuple[int, str, str]] = []
+    """Parse one block of a CSV file (``holds_header`` for the first: its first record is the header).
+
+    The parser reads values straight as text with the missing-value tokens as nulls; a
+    block with a byte that is not UTF-8 (or a header naming a column like a missing-value
+    token) is read again as bytes, so each bad value can be told apart and reported.
+    """
     if not data.strip():
         return _empty_chunk(header.names)
-    table = pcsv.read_csv(
-        io.BytesIO(data),
-        read_options=pcsv.ReadOptions(column_names=list(header.names), use_threads=False, block_size=max(len(data) + 1, 1 << 20)),
-        parse_options=_parse_options(header, broken),
-        convert_options=_convert_options(header),
-    )
+    broken: list[tuple[int, str, str]] = []
+    table = None
+    as_text = not any(name in NA_VALUES for name in header.names)
+    if as_text:
+        try:
+            table = _read_block(data, header, broken, _text_options(header))
+        except pa.ArrowInvalid:  # not UTF-8, or something the byte-wise reading reports itself
+            broken.clear()
+            as_text = False
+    if table is None:
+        table = _read_block(data, header, broken, _convert_options(header))
     total = table.num_rows + len(broken)
     numbers = _row_numbers(table.num_rows, [b[0] for b in broken], first=1)
     if holds_header:
@@ -286,14 +295,28 @@ def parse_csv_block(data: bytes, header: CsvHeader, *, holds_header: bool) -> Ch
         table, numbers = table.filter(pa.array(keep)), numbers[keep] - 1
         broken = [(n - 1, text, reason) for n, text, reason in broken if n != 1]
         total -= 1
-    chunk = _text_chunk(table, numbers, broken, header)
+    chunk = _text_chunk(table, numbers, broken, header, nulls_read=as_text)
     # a block cut inside a quoted field shows as values holding line breaks, or as a ragged
-    # line with an unclosed quote; either way the file must be read front to back instead
-    chunk.suspect = any('"' in text for _, text, _ in broken) or any(
-        pc.any(pc.match_substring(column, "\n")).as_py() for column in table.columns if len(column)
-    )
+    # line with an unclosed quote; either way the file must be read front to back instead.
+    # Without a quote character in the block neither can happen, nor can a line break
+    # inside a value when the block holds one line break per record.
+    records = table.num_rows + len(broken) + (1 if holds_header else 0)
+    one_per_record = data.count(b"\n") == records - (0 if data.endswith(b"\n") else 1)
+    if b'"' in data and not one_per_record:
+        chunk.suspect = any('"' in text for _, text, _ in broken) or any(
+            pc.any(pc.match_substring(column, "\n")).as_py() for column in table.columns if len(column)
+        )
     assert chunk.records == total
     return chunk
+
+
+def _read_block(data: bytes, header: CsvHeader, broken: list[tuple[int, str, str]], convert: pcsv.ConvertOptions) -> pa.Table:
+    return pcsv.read_csv(
+        io.BytesIO(data),
+        read_options=pcsv.ReadOptions(column_names=list(header.names), use_threads=False, block_size=max(len(data) + 1, 1 << 20)),
+        parse_options=_parse_options(header, broken),
+        convert_options=convert,
+    )
 
 
 def iter_csv_stream(
@@ -344,6 +367,16 @@ def _convert_options(header: CsvHeader) -> pcsv.ConvertOptions:
     return pcsv.ConvertOptions(column_types={name: pa.binary() for name in header.names}, strings_can_be_null=False)
 
 
+def _text_options(header: CsvHeader) -> pcsv.ConvertOptions:
+    """Every column as UTF-8 text, :data:`NA_VALUES` as nulls (quoted or not, as pandas reads them)."""
+    return pcsv.ConvertOptions(
+        column_types={name: pa.string() for name in header.names},
+        null_values=list(NA_VALUES),
+        strings_can_be_null=True,
+        quoted_strings_can_be_null=True,
+    )
+
+
 def _row_numbers(n_rows: int, broken: list[int], *, first: int) -> np.ndarray:
     """Record numbers of ``n_rows`` parsed rows counted from ``first``, skipping the broken records' numbers."""
     later = np.array(sorted(b for b in broken if b >= first), dtype=np.int64) - first
@@ -362,8 +395,12 @@ def _empty_chunk(names: tuple[str, ...]) -> Chunk:
     return Chunk(frame=frame, rows=np.empty(0, np.int64), broken=empty_broken())
 
 
-def _text_chunk(table: pa.Table, numbers: np.ndarray, broken: list[tuple[int, str, str]], header: CsvHeader) -> Chunk:
-    """Bytes columns to text: undecodable values and repeated header lines join ``broken``."""
+def _text_chunk(
+    table: pa.Table, numbers: np.ndarray, broken: list[tuple[int, str, str]], header: CsvHeader, *, nulls_read: bool = False
+) -> Chunk:
+    """Bytes columns to text: undecodable values and repeated header lines join ``broken``.
+
+    ``nulls_read``: the parser already turned :data:`NA_VALUES` into nulls."""
     columns: dict[str, pa.Array] = {}
     undecodable: dict[int, list[str]] = {}
     for name, column in zip(header.names, table.columns):
@@ -392,6 +429,8 @@ def _text_chunk(table: pa.Table, numbers: np.ndarray, broken: list[tuple[int, st
             if index == 0:
                 matches = pc.or_(matches, pc.equal(array, _BOM + name))
             same &= matches.fill_null(False).to_numpy(zero_copy_only=False)
+            if not same.any():  # the first column rules nearly every row out
+                break
         repeated = same
     bad = np.zeros(n_rows, dtype=bool)
     bad[list(undecodable)] = True
@@ -409,7 +448,10 @@ def _text_chunk(table: pa.Table, numbers: np.ndarray, broken: list[tuple[int, st
         columns = {name: array.filter(keep) for name, array in columns.items()}
         numbers = numbers[~bad]
     frame = pa.table(
-        {name: pc.if_else(pc.is_in(array, value_set=_NA), pa.scalar(None, pa.string()), array) for name, array in columns.items()}
+        {
+            name: array if nulls_read else pc.if_else(pc.is_in(array, value_set=_NA), pa.scalar(None, pa.string()), array)
+            for name, array in columns.items()
+        }
         if columns
         else {}
     ).to_pandas()
