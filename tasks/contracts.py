@@ -210,12 +210,14 @@ def validate_frame(
         work = frame.reindex(columns=contract_columns)
         flagged = _prepare_booleans(work, schema)
         numbers_flagged = _prepare_numbers(work, schema)
+        _prepare_datetimes(work, schema)
         stand_ins: dict[int, set[str]] = defaultdict(set)  # (row, column) whose value is a stand-in now
         for position, column, reason in numbers_flagged:
             stand_ins[position].add(column)
             flagged.append((position, reason))
         for position, reason in flagged:
             reasons[position].append(reason)
+        failed: set[int] = set()  # rows still in ``work`` that fail (taken out of the valid ones at the end)
         while validated is None:
             try:
                 validated = schema.validate(work, lazy=True)
@@ -230,6 +232,13 @@ def validate_frame(
                     moved = uncoercible or (set(row_reasons) | standing_in)
                     for position in moved:
                         reasons[position].extend(row_reasons.get(position, []))
+                    if not uncoercible and not frame_reasons and _checks_are_all_it_does(schema):
+                        # every check ran on every row this round and named each failure:
+                        # the rows left pass, and need only their coercion, not another round
+                        # (the failed rows go below, with the flagged ones, in one pass)
+                        validated = schema.coerce_dtype(work)
+                        failed.update(moved)
+                        break
                     work = work.drop(index=sorted(moved))
                     continue
                 text = "; ".join(frame_reasons) or "the contract rejected the rows as a whole"
@@ -237,7 +246,9 @@ def validate_frame(
                     reasons[int(position)].append(text)
                 break
         if validated is not None:
-            validated = validated.drop(index=[p for p, _ in flagged if p in validated.index])
+            failed.update(p for p, _ in flagged)
+            if failed:
+                validated = validated[~validated.index.isin(list(failed))]
 
     if validated is None:
         validated = _empty_like_contract(schema)
@@ -262,6 +273,15 @@ def validate_frame(
             f"validate_frame lost rows for {source}: {n_rows} in, {len(valid)} valid, {len(quarantined)} quarantined"
         )
     return valid, quarantined
+
+
+def _checks_are_all_it_does(schema: pa.DataFrameSchema) -> bool:
+    """Whether validating changes nothing but dtypes: no parsers, defaults or added columns."""
+    if getattr(schema, "parsers", None) or getattr(schema, "add_missing_columns", False):
+        return False
+    return not any(
+        getattr(column, "parsers", None) or getattr(column, "default", None) is not None for column in schema.columns.values()
+    )
 
 
 def without_uniqueness(schema: pa.DataFrameSchema) -> tuple[pa.DataFrameSchema, tuple[str, ...]]:
@@ -427,6 +447,21 @@ def _prepare_numbers(work: pd.DataFrame, schema: pa.DataFrameSchema) -> list[tup
             array[p] = 0 if integer else np.nan
         work[name] = pd.Series(array, index=values.index)
     return failures
+
+
+def _prepare_datetimes(work: pd.DataFrame, schema: pa.DataFrameSchema) -> None:
+    """Parse datetime text once, with pandera's own coercion, so each round does not parse it again.
+
+    A column that does not parse as a whole stays text: pandera's round then finds which
+    values fail, as it always did.
+    """
+    for name, column in schema.columns.items():
+        if column.dtype is None or _kind(column.dtype) != "datetime" or not _is_text(work[name]):
+            continue
+        try:
+            work[name] = column.dtype.coerce(work[name])
+        except Exception:  # noqa: BLE001 - pandera's own round reports it, value by value
+            continue
 
 
 def _without_stand_ins(row_reasons: dict[int, list[str]], stand_ins: dict[int, set[str]]) -> dict[int, list[str]]:
