@@ -161,20 +161,26 @@ _CONTENT_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, EOFErro
 
 
 @contextlib.contextmanager
-def open_raw(obj: SourceObject, options: dict[str, Any], *, ranged: bool = False) -> Iterator[_Guard]:
+def open_raw(
+    obj: SourceObject, options: dict[str, Any], *, ranged: bool = False, block_size: int | None = None
+) -> Iterator[_Guard]:
     """The object's bytes as stored (compressed or not), guarded. ``ranged``: for reading
-    one byte range, which a read-ahead cache would fetch far past (s3fs reads 50 MB ahead)."""
+    one byte range, which a read-ahead cache would fetch far past (s3fs reads 50 MB ahead);
+    ``block_size``: how much each request fetches, for reading only the start of a file."""
     fs, path = fsspec.core.url_to_fs(obj.uri, **options)
-    with fs.open(path, "rb", **({"cache_type": "none"} if ranged else {})) as handle:
+    extra: dict[str, Any] = {"cache_type": "none"} if ranged else {}
+    if block_size is not None:
+        extra["block_size"] = block_size
+    with fs.open(path, "rb", **extra) as handle:
         guard = _Guard(handle)
         with reading(obj, guard):
             yield guard
 
 
 @contextlib.contextmanager
-def open_stream(obj: SourceObject, options: dict[str, Any]) -> Iterator[Any]:
+def open_stream(obj: SourceObject, options: dict[str, Any], *, block_size: int | None = None) -> Iterator[Any]:
     """The object's content as a pyarrow stream, decompressed by its extension."""
-    with open_raw(obj, options) as guard:
+    with open_raw(obj, options, block_size=block_size) as guard:
         raw = pa.PythonFile(guard, mode="r")
         yield pa.CompressedInputStream(raw, obj.compression) if obj.compression else raw
 
@@ -219,7 +225,7 @@ def read_text_block(obj: SourceObject, options: dict[str, Any], offset: int, len
 def read_csv_header(obj: SourceObject, options: dict[str, Any]) -> CsvHeader:
     """The column names from the file's first non-blank line (BOM removed)."""
     sep = "\t" if obj.format == "tsv" else ","
-    with open_stream(obj, options) as stream:
+    with open_stream(obj, options, block_size=HEADER_LIMIT) as stream:  # not s3fs's 50 MB read-ahead
         data = b""
         while True:
             piece = stream.read(64 * 1024)
