@@ -280,7 +280,7 @@ def parse_csv_block(data: bytes, header: CsvHeader, *, holds_header: bool) -> Ch
     block with a byte that is not UTF-8 (or a header naming a column like a missing-value
     token) is read again as bytes, so each bad value can be told apart and reported.
     """
-    if not data.strip():
+    if not data or data.isspace():  # stops at the first other byte, unlike strip()
         return _empty_chunk(header.names)
     broken: list[tuple[int, str, str]] = []
     table = None
@@ -297,8 +297,11 @@ def parse_csv_block(data: bytes, header: CsvHeader, *, holds_header: bool) -> Ch
     numbers = _row_numbers(table.num_rows, [b[0] for b in broken], first=1)
     if holds_header:
         # the header line itself, wherever the parser put it
-        keep = numbers != 1
-        table, numbers = table.filter(pa.array(keep)), numbers[keep] - 1
+        if len(numbers) and numbers[0] == 1:  # as nearly always: a slice, not a copy
+            table, numbers = table.slice(1), numbers[1:] - 1
+        else:
+            keep = numbers != 1
+            table, numbers = table.filter(pa.array(keep)), numbers[keep] - 1
         broken = [(n - 1, text, reason) for n, text, reason in broken if n != 1]
         total -= 1
     chunk = _text_chunk(table, numbers, broken, header, nulls_read=as_text)
@@ -307,8 +310,7 @@ def parse_csv_block(data: bytes, header: CsvHeader, *, holds_header: bool) -> Ch
     # Without a quote character in the block neither can happen, nor can a line break
     # inside a value when the block holds one line break per record.
     records = table.num_rows + len(broken) + (1 if holds_header else 0)
-    one_per_record = data.count(b"\n") == records - (0 if data.endswith(b"\n") else 1)
-    if b'"' in data and not one_per_record:
+    if b'"' in data and data.count(b"\n") != records - (0 if data.endswith(b"\n") else 1):
         chunk.suspect = any('"' in text for _, text, _ in broken) or any(
             pc.any(pc.match_substring(column, "\n")).as_py() for column in table.columns if len(column)
         )
@@ -376,7 +378,7 @@ def _convert_options(header: CsvHeader) -> pcsv.ConvertOptions:
 def _text_options(header: CsvHeader) -> pcsv.ConvertOptions:
     """Every column as UTF-8 text, :data:`NA_VALUES` as nulls (quoted or not, as pandas reads them)."""
     return pcsv.ConvertOptions(
-        column_types={name: pa.string() for name in header.names},
+        column_types={name: pa.large_string() for name in header.names},  # pandas' own storage: no cast
         null_values=list(NA_VALUES),
         strings_can_be_null=True,
         quoted_strings_can_be_null=True,
@@ -411,6 +413,9 @@ def _text_chunk(
     undecodable: dict[int, list[str]] = {}
     for name, column in zip(header.names, table.columns):
         array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+        if pa.types.is_large_string(array.type):  # read as text already
+            columns[name] = array
+            continue
         if not pa.types.is_binary(array.type):
             array = array.cast(pa.string())
         try:
