@@ -376,3 +376,31 @@ def test_nullable_boolean_text_keeps_its_missing_values() -> None:
     assert str(valid["flag"].dtype) == "boolean"
     assert valid["flag"].tolist() == [True, pd.NA, False, True]
     assert quarantined["_reason"].tolist() == ["flag: coerce_dtype('boolean') failed for 'nope'"]
+
+
+def test_arrow_reads_a_number_only_where_python_reads_the_same_number() -> None:
+    """The whole-column cast in validation relies on this; a pyarrow upgrade that loosens
+    its parser must fail here, not curate a value pandas would have refused."""
+    import math
+    import random
+
+    import pyarrow
+    import pyarrow.compute as pc
+
+    rng = random.Random(1)
+    for arrow_type, parse, alphabet in (
+        (pyarrow.float64(), float, "0123456789+-.eE infaINFAN_x\t٣"),
+        (pyarrow.int64(), int, "0123456789+- _.e\t٣"),
+    ):
+        texts = {"".join(rng.choice(alphabet) for _ in range(rng.randint(1, 8))) for _ in range(20_000)}
+        texts |= {"9223372036854775808", "-9223372036854775808", "1e500", "-nan", "Infinity", "007"}
+        accepted = 0
+        for text in texts:
+            try:
+                value = pc.cast(pyarrow.array([text]), arrow_type)[0].as_py()
+            except pyarrow.ArrowInvalid:
+                continue
+            accepted += 1
+            expected = parse(text)
+            assert value == expected or (math.isnan(value) and math.isnan(expected)), (text, value, expected)
+        assert accepted > 100
