@@ -19,12 +19,14 @@ import operator
 import os
 import posixpath
 import shutil
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import dask
 import fsspec
+import numpy as np
 import pandera.pandas as pa
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -72,8 +74,11 @@ from tasks.ingest.writer import (
     ChunkResult,
     FileJob,
     Piece,
+    count_values,
     finish_group,
+    key_hashes,
     plan_groups,
+    repeated_hashes,
     stage_chunk,
 )
 from tasks.layout import Layout
@@ -485,44 +490,86 @@ def _keep_copy(outcome: _FileOutcome, fs: Any, quarantine_uri: str) -> str:
 
 
 def _finish(outcomes: list[_FileOutcome], unique: tuple[str, ...], client: Any) -> None:
-    """Quarantine rows whose ``unique`` values repeat anywhere in the run; merge small pieces."""
+    """Quarantine rows whose ``unique`` values repeat anywhere in the run; merge small pieces.
+
+    Only pieces that hold a repeated value are read and rewritten (besides small ones merged):
+    repeats are rare, and rewriting every piece to drop a few rows was most of the cost.
+    """
     live = [o for o in outcomes if o.rejected is None and o.pieces]
     if not live:
         return
-    duplicates = _duplicates(live, unique, client) if unique else None
+    duplicates, holding = _duplicates(live, unique, client) if unique else ({}, set())
     shared = dask.delayed(duplicates, traverse=False)  # one graph node, shipped to each worker once
     work = []
     for outcome in live:
-        for group in plan_groups(outcome.pieces, rewrite_all=bool(unique)):
+        for group in plan_groups(outcome.pieces, rewrite=holding):
             work.append((outcome, group, dask.delayed(finish_group)(group, outcome.job, shared)))
     if not work:
         return
-    done = client.gather(client.compute([w[2] for w in work])) if client is not None else dask.compute(*[w[2] for w in work])
-    for (outcome, group, _), (piece, moved) in zip(work, done):
+    for (outcome, group, _), (piece, moved) in zip(work, _run([w[2] for w in work], client)):
         merged = {p.path for p in group.pieces}
         outcome.pieces = [p for p in outcome.pieces if p.path not in merged] + ([piece] if piece else [])
         outcome.curated -= moved
         outcome.quarantined += moved
 
 
-def _duplicates(outcomes: list[_FileOutcome], unique: tuple[str, ...], client: Any) -> dict[str, dict[Any, int]]:
-    """Values of each ``unique`` column held by more than one valid row of this run (nulls aside)."""
-    import dask.dataframe as dd
+#: About the most hashes (8 bytes each) one task compares; there are at least as many such tasks as threads.
+_HASHES_PER_BUCKET = 4_000_000
 
-    options = outcomes[0].job.storage_options
-    fs = _filesystem(outcomes[0].job.staging, options)
-    uris = [fs.unstrip_protocol(fs._strip_protocol(o.job.curated_staging + p.path)) for o in outcomes for p in o.pieces]
-    frame = dd.read_parquet(uris, columns=list(unique), storage_options=options, dataset={"partitioning": None})
-    split_out = max(1, frame.npartitions // 32)
-    counts = [frame[name].value_counts(split_out=split_out) for name in unique]
-    computed = client.gather(client.compute(counts)) if client is not None else dask.compute(*counts)
-    found = {}
-    for name, series in zip(unique, computed):
-        repeated = series[series > 1]
-        if len(repeated):
-            log.warning("%s: %d values occur in more than one row of this run; those rows go to the quarantine", name, len(repeated))
-        found[name] = dict(zip(repeated.index.tolist(), repeated.astype(int).tolist()))
-    return found
+
+def _duplicates(
+    outcomes: list[_FileOutcome], unique: tuple[str, ...], client: Any
+) -> tuple[dict[str, dict[Any, int]], set[str]]:
+    """Values of each ``unique`` column held by more than one valid row of this run (nulls
+    aside) with their counts, and the paths of the pieces holding one (below the curated
+    root, so unique in a run).
+
+    Reads only the pieces' keys files. Their values' hashes are compared first, in buckets
+    spread over the workers; values are counted (exactly) only where a hash repeats, which
+    in a run without repeats is nowhere.
+    """
+    pieces = [(o.job, p) for o in outcomes for p in o.pieces]
+    candidates = _repeated_hashes(pieces, unique, client)
+    if not candidates:
+        return {name: {} for name in unique}, set()
+    shared = dask.delayed(candidates, traverse=False)
+    counted = _run([dask.delayed(count_values)(piece, job, shared) for job, piece in pieces], client)
+    totals: dict[str, Counter[Any]] = {name: Counter() for name in unique}
+    for counts in counted:
+        for name, tally in counts.items():
+            totals[name].update(tally)
+    found = {name: {value: n for value, n in totals[name].items() if n > 1} for name in unique}
+    for name, repeats in found.items():
+        if repeats:
+            log.warning("%s: %d values occur in more than one row of this run; those rows go to the quarantine", name, len(repeats))
+    holding = {
+        piece.path
+        for (_, piece), counts in zip(pieces, counted)
+        if any(value in found[name] for name, tally in counts.items() for value in tally)
+    }
+    return found, holding
+
+
+def _repeated_hashes(pieces: list[tuple[FileJob, Piece]], unique: tuple[str, ...], client: Any) -> dict[str, np.ndarray]:
+    """Per ``unique`` column, the hashes of its values that occur more than once (columns with none left out)."""
+    buckets = max(_threads(client), -(-sum(p.rows for _, p in pieces) // _HASHES_PER_BUCKET))
+    parts = [dask.delayed(key_hashes, nout=len(unique) * buckets)(piece, job, buckets) for job, piece in pieces]
+    repeated = _run([dask.delayed(repeated_hashes)(*[part[i] for part in parts]) for i in range(len(unique) * buckets)], client)
+    found = {name: np.concatenate(repeated[i * buckets : (i + 1) * buckets]) for i, name in enumerate(unique)}
+    return {name: hashes for name, hashes in found.items() if len(hashes)}
+
+
+def _run(tasks: list[Any], client: Any) -> list[Any]:
+    """Compute delayed objects on the cluster, or on Dask's threads without one."""
+    if client is not None:
+        return list(client.gather(client.compute(tasks)))
+    return list(dask.compute(*tasks))
+
+
+def _threads(client: Any) -> int:
+    if client is not None:
+        return max(1, sum(client.nthreads().values()))
+    return os.cpu_count() or 1
 
 
 def _failure(result: IngestResult, settings: IngestConfig, earlier_curated: int) -> str | None:
@@ -557,17 +604,20 @@ def _nothing_valid(result: IngestResult) -> str:
 
 
 def _moves(fs: Any, run_staging: str, curated_uri: str, quarantine_uri: str) -> list[tuple[str, str]]:
-    """Every staged file and where it goes: ``<slug>/curated/x`` to curated, ``<slug>/quarantine/x`` to the quarantine."""
+    """Every staged file and where it goes: ``<slug>/curated/x`` to curated, ``<slug>/quarantine/x``
+    to the quarantine. Anything else (``<slug>/work/``: keys files, records) is the run's own
+    and goes with the staging folder."""
     root = fs._strip_protocol(run_staging).rstrip("/")
     try:
         staged = sorted(fs.find(root))
     except FileNotFoundError:
         return []
+    destinations = {"curated": curated_uri, "quarantine": quarantine_uri}
     moves = []
     for path in staged:
-        _slug, kind, relative = path[len(root) + 1 :].split("/", 2)
-        destination = curated_uri if kind == "curated" else quarantine_uri
-        moves.append((fs.unstrip_protocol(path), destination + relative))
+        parts = path[len(root) + 1 :].split("/", 2)
+        if len(parts) == 3 and parts[1] in destinations:
+            moves.append((fs.unstrip_protocol(path), destinations[parts[1]] + parts[2]))
     return moves
 
 

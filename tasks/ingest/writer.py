@@ -1,22 +1,31 @@
 """Validating chunks and writing their halves into a run's staging folder (in the workers).
 
 Each source file gets ``<staging>/<run>/<slug>/`` holding ``curated/`` laid out exactly as
-its files will lie under ``curated/<dataset>/`` and ``quarantine/`` as under
-``quarantine/<run>/``, so committing is moving files, and dropping a file's output
-(it turned out unreadable half-way) is removing one folder.
+its files will lie under ``curated/<dataset>/``, ``quarantine/`` as under
+``quarantine/<run>/``, and ``work/``, which only the run itself reads; so committing is
+moving files, and dropping a file's output (it turned out unreadable half-way) is removing
+one folder.
 
-Curated pieces are then finished per source file (:func:`finish_pieces`): rows whose
-``unique`` value occurs more than once in the run move to the quarantine, and small pieces
-of one folder are merged, so a file split by day over many blocks does not leave
-thousands of tiny files.
+When the contract has ``unique`` columns, each curated piece gets a small "keys" file in
+``work/`` (never committed): those columns and each row's source row number, in the piece's
+row order. The run counts values over the keys files alone, and the curated pieces stay as
+they will be committed (no row numbers in them), so a run without repeated values reads
+and rewrites none of them.
+
+Pieces are then finished (:func:`finish_group`): small pieces of one folder are merged, so
+a file split by day over many blocks does not leave thousands of tiny files, and a piece
+holding a value that occurs more than once in the run is rewritten without those rows,
+which move to the quarantine with their row numbers from its keys file.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import posixpath
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import fsspec
 import numpy as np
@@ -59,6 +68,16 @@ class FileJob:
     @property
     def quarantine_staging(self) -> str:
         return self.staging + "quarantine/"
+
+    @property
+    def work_staging(self) -> str:
+        """What the run itself reads (keys files, records of finished groups): the commit
+        moves only ``curated/`` and ``quarantine/``, and drops this with the staging folder."""
+        return self.staging + "work/"
+
+    def keys_uri(self, piece_path: str) -> str:
+        """The keys file of the curated piece at ``piece_path`` (see the module docstring)."""
+        return self.work_staging + "keys/" + piece_path
 
 
 @dataclass(frozen=True)
@@ -118,7 +137,7 @@ def stage_chunk(chunk: Chunk, schema: pda.DataFrameSchema, job: FileJob, name: s
     pieces = []
     for folder, part in _by_folder(valid, job):
         path = f"{folder}/part-{name}.parquet" if folder == job.slug else f"{folder}/{job.slug}-{name}.parquet"
-        pieces.append(Piece(path=path, rows=len(part), nbytes=put_parquet(fs, job.curated_staging + path, part)))
+        pieces.append(_put_piece(fs, job, path, part))
     if len(quarantined):
         put_parquet(fs, f"{job.quarantine_staging}{job.slug}/part-{name}.parquet", quarantined.reset_index(drop=True))
     if len(valid) + len(quarantined) != chunk.records:
@@ -128,6 +147,15 @@ def stage_chunk(chunk: Chunk, schema: pda.DataFrameSchema, job: FileJob, name: s
     return ChunkResult(
         rows_in=chunk.records, curated=len(valid), quarantined=len(quarantined), pieces=pieces, unknown_columns=unknown
     )
+
+
+def _put_piece(fs: Any, job: FileJob, path: str, part: pd.DataFrame) -> Piece:
+    """Write a curated piece as it will be committed, and its keys file when the run checks
+    ``unique`` columns: counting them then reads a few columns of small files only."""
+    if job.unique:
+        put_parquet(fs, job.keys_uri(path), part[[*job.unique, ROW]])
+        part = part.drop(columns=[ROW])
+    return Piece(path=path, rows=len(part), nbytes=put_parquet(fs, job.curated_staging + path, part))
 
 
 def _by_folder(valid: pd.DataFrame, job: FileJob) -> list[tuple[str, pd.DataFrame]]:
@@ -160,7 +188,7 @@ def _is_local(fs: Any) -> bool:
     return protocol in ("file", "local")
 
 
-# --- finishing a file's pieces: uniqueness across the run, merging small ones ---------------
+# --- finishing a file's pieces: which to merge or rewrite ----------------------------------
 
 
 @dataclass(frozen=True)
@@ -174,9 +202,10 @@ class Group:
         return self.pieces[0].path
 
 
-def plan_groups(pieces: list[Piece], *, rewrite_all: bool) -> list[Group]:
-    """Runs of small pieces in one folder, merged up to ``TARGET_FILE_BYTES``; a piece that is
-    big enough stays alone (and is only rewritten when ``rewrite_all``)."""
+def plan_groups(pieces: list[Piece], *, rewrite: Collection[str] = ()) -> list[Group]:
+    """Runs of small pieces in one folder, merged up to ``TARGET_FILE_BYTES``, and the pieces
+    at the paths ``rewrite`` names (they hold duplicated values); a piece that is big enough
+    and holds none is left as written, unread."""
     by_folder: dict[str, list[Piece]] = {}
     for piece in sorted(pieces, key=lambda p: p.path):
         by_folder.setdefault(posixpath.dirname(piece.path), []).append(piece)
@@ -196,7 +225,63 @@ def plan_groups(pieces: list[Piece], *, rewrite_all: bool) -> list[Group]:
                 current, size = [], 0
         if current:
             groups.append(Group(tuple(current)))
-    return [g for g in groups if rewrite_all or len(g.pieces) > 1]
+    rewrite = set(rewrite)
+    return [g for g in groups if len(g.pieces) > 1 or g.path in rewrite]
+
+
+# --- values of ``unique`` columns that repeat across the run -----------------------------------
+
+
+def key_hashes(piece: Piece, job: FileJob, buckets: int) -> list[np.ndarray]:
+    """64-bit hashes of the piece's non-null ``unique`` values, from its keys file, cut into
+    ``buckets`` by hash: item ``c * buckets + b`` holds column ``c``'s bucket ``b``.
+
+    Equal values hash alike, so only values whose hash repeats can repeat; comparing hashes,
+    a bucket per worker, costs a fraction of counting every value (see :func:`count_values`).
+    """
+    fs, _ = fsspec.core.url_to_fs(job.staging, **job.storage_options)
+    keys = _read_keys(fs, job, piece, list(job.unique))
+    parts = []
+    for name in job.unique:
+        hashes = _hashes(keys[name].drop_null())
+        bucket = hashes % np.uint64(buckets)
+        parts.extend(hashes[bucket == b] for b in range(buckets))
+    return parts
+
+
+def repeated_hashes(*hashes: np.ndarray) -> np.ndarray:
+    """The hashes found more than once among one bucket's (of every piece)."""
+    merged = np.sort(np.concatenate(hashes)) if hashes else np.array([], dtype=np.uint64)
+    return np.unique(merged[1:][merged[1:] == merged[:-1]])
+
+
+def count_values(piece: Piece, job: FileJob, candidates: Mapping[str, np.ndarray]) -> dict[str, dict[Any, int]]:
+    """How many of the piece's rows hold each value whose hash is among a column's
+    ``candidates``: exact counts, so two values sharing a hash are told apart."""
+    fs, _ = fsspec.core.url_to_fs(job.staging, **job.storage_options)
+    keys = _read_keys(fs, job, piece, list(candidates))
+    counts: dict[str, dict[Any, int]] = {}
+    for name, hashes in candidates.items():
+        values = keys[name].drop_null()
+        found = values.filter(pa.array(np.isin(_hashes(values), hashes)))
+        tally = pc.value_counts(found)
+        counts[name] = {value.as_py(): count.as_py() for value, count in zip(tally.field("values"), tally.field("counts"))}
+    return counts
+
+
+def _read_keys(fs: Any, job: FileJob, piece: Piece, columns: list[str]) -> pa.Table:
+    with fs.open(fs._strip_protocol(job.keys_uri(piece.path)), "rb") as handle:
+        return pq.read_table(handle, columns=columns)
+
+
+def _hashes(values: pa.ChunkedArray) -> np.ndarray:
+    array = values.to_numpy(zero_copy_only=False)
+    if array.dtype.kind == "f":
+        array = array + 0.0  # -0.0 is 0.0, as value_counts has it
+    return pd.util.hash_array(array, categorize=False)
+
+
+# --- rewriting pieces: merged, without rows holding repeated values ---------------------------
 
 
 def finish_group(
@@ -204,8 +289,38 @@ def finish_group(
 ) -> tuple[Piece | None, int]:
     """Rewrite a group's pieces as one file, one piece in memory at a time, moving rows with
     duplicated ``unique`` values to the quarantine; returns the new piece (None if no row
-    is left) and the number of rows moved."""
+    is left) and the number of rows moved.
+
+    Dask runs a task again when its worker dies; the group's file overwrites its first piece,
+    so the pieces go only once the merged file and a record of its rows are written, and a
+    run that finds the record only completes the swap rather than reading a piece twice.
+    """
     fs, _ = fsspec.core.url_to_fs(job.staging, **job.storage_options)
+    final = fs._strip_protocol(job.curated_staging + group.path)
+    merged = final + ".merging"
+    record = fs._strip_protocol(job.work_staging + "finished/" + group.path + ".json")
+    rows = _read_record(fs, record)
+    if rows is None:
+        rows = _merge(fs, group, job, duplicates or {}, merged)
+        _put_bytes(fs, record, json.dumps({"rows": rows}).encode())
+    paths = [fs._strip_protocol(job.curated_staging + piece.path) for piece in group.pieces]
+    _remove_quietly(fs, [p for p in paths if p != final or rows == 0])
+    if rows == 0:
+        _remove_quietly(fs, [merged])
+    else:
+        try:
+            fs.mv(merged, final)
+        except FileNotFoundError:  # moved by the run that was killed
+            pass
+    moved = sum(piece.rows for piece in group.pieces) - rows
+    if rows == 0:
+        return None, moved
+    return Piece(path=group.path, rows=rows, nbytes=int(fs.size(final))), moved
+
+
+def _merge(fs: Any, group: Group, job: FileJob, duplicates: Mapping[str, Mapping[Any, int]], target: str) -> int:
+    """Write the group's rows without duplicated values to ``target`` and those to the
+    quarantine; the number of rows written to ``target``."""
     paths = [fs._strip_protocol(job.curated_staging + piece.path) for piece in group.pieces]
     schemas = []
     for path in paths:
@@ -213,41 +328,46 @@ def finish_group(
             schemas.append(pq.read_schema(handle))
     # pieces of one file differ only where JSON blocks or kept columns do: unify, nulls where absent
     schema = pa.unify_schemas([s.remove_metadata() for s in schemas], promote_options="permissive")
-    if ROW in schema.names:
-        schema = schema.remove(schema.get_field_index(ROW))
-    target = fs._strip_protocol(job.curated_staging + group.path) + ".merging"
     moved: list[pd.DataFrame] = []
     rows = 0
     with fs.open(target, "wb") as out, pq.ParquetWriter(out, schema) as writer:
-        for path in paths:
+        for piece, path in zip(group.pieces, paths):
             with fs.open(path, "rb") as handle:
                 table = pq.read_table(handle)
-            if ROW in table.column_names:
-                table, quarantined = _split_duplicates(table, duplicates or {}, job.obj.uri)
-                if quarantined is not None:
-                    moved.append(quarantined)
-                table = table.drop_columns([ROW])
+            table, quarantined = _split_duplicates(fs, job, piece, table, duplicates)
+            if quarantined is not None:
+                moved.append(quarantined)
             if table.num_rows:
                 writer.write_table(_conform(table, schema))
                 rows += table.num_rows
-    rows_moved = sum(len(m) for m in moved)
     if moved:
         frame = pd.concat(moved, ignore_index=True).sort_values(ROW, kind="stable").reset_index(drop=True)
         name = group.path.replace("/", "_").replace("=", "_")  # one per group: groups of several days share base names
         put_parquet(fs, f"{job.quarantine_staging}{job.slug}/unique-{name}", frame)
-    final = fs._strip_protocol(job.curated_staging + group.path)
-    # Pieces go only once the merged file is in place: a task killed in between and rerun
-    # by Dask still finds its inputs and writes the same result again.
-    if rows == 0:
-        fs.rm(target)
-    else:
-        fs.mv(target, final)
-    leftovers = [p for p in paths if p != final]
-    if leftovers:
-        fs.rm(leftovers)
-    if rows == 0:
-        return None, rows_moved
-    return Piece(path=group.path, rows=rows, nbytes=int(fs.size(final))), rows_moved
+    return rows
+
+
+def _read_record(fs: Any, path: str) -> int | None:
+    try:
+        with fs.open(path, "rb") as handle:
+            return int(json.loads(handle.read())["rows"])
+    except FileNotFoundError:
+        return None
+
+
+def _put_bytes(fs: Any, path: str, data: bytes) -> None:
+    if _is_local(fs):
+        fs.makedirs(posixpath.dirname(path), exist_ok=True)
+    fs.pipe_file(path, data)
+
+
+def _remove_quietly(fs: Any, paths: list[str]) -> None:
+    """Remove what is there of ``paths``: a rerun finds some already gone."""
+    for path in paths:
+        try:
+            fs.rm(path)
+        except FileNotFoundError:
+            pass
 
 
 def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
@@ -259,37 +379,45 @@ def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
     return pa.Table.from_arrays(columns, schema=schema)
 
 
+def _is_duplicated(values: pa.ChunkedArray, counts: Mapping[Any, int]) -> pa.ChunkedArray:
+    return pc.is_in(values, value_set=pa.array(list(counts), type=values.type)).fill_null(False)
+
+
 def _split_duplicates(
-    table: pa.Table, duplicates: Mapping[str, Mapping[Any, int]], source: str
+    fs: Any, job: FileJob, piece: Piece, table: pa.Table, duplicates: Mapping[str, Mapping[Any, int]]
 ) -> tuple[pa.Table, pd.DataFrame | None]:
+    """The piece's rows without duplicated values, and those rows as quarantine rows (their
+    row numbers from the piece's keys file, which is read only then)."""
     hit = np.zeros(table.num_rows, dtype=bool)
-    reasons: list[list[str]] = [[] for _ in range(table.num_rows)]
+    reasons: dict[int, list[str]] = {}
     for column, counts in duplicates.items():
         if not counts or column not in table.column_names:
             continue
         values = table[column]
-        mask = pc.is_in(values, value_set=pa.array(list(counts), type=values.type)).fill_null(False).to_numpy(zero_copy_only=False)
-        if not mask.any():
-            continue
+        mask = _is_duplicated(values, counts).to_numpy(zero_copy_only=False)
         hit |= mask
         for position in np.flatnonzero(mask):
             value = values[int(position)].as_py()
-            reasons[position].append(
+            reasons.setdefault(int(position), []).append(
                 f"{column}: field_uniqueness failed for {str(value)!r} ({counts[value]} rows of this run hold it)"
             )
     if not hit.any():
         return table, None
     out = table.filter(pa.array(hit)).to_pandas()
-    texts = {
-        str(name): pd.Series([None if _missing(v) else str(v) for v in out[name].tolist()], dtype="str")
-        for name in out.columns
-        if name != ROW
-    }
-    frame = pd.DataFrame(texts)
-    frame[REASON] = pd.Series(["; ".join(reasons[p]) for p in np.flatnonzero(hit)], dtype="str")
-    frame[SOURCE] = pd.Series([source] * len(frame), dtype="str")
-    frame[ROW] = out[ROW].astype("int64").to_numpy()
+    frame = pd.DataFrame(
+        {str(name): pd.Series([None if _missing(v) else str(v) for v in out[name].tolist()], dtype="str") for name in out.columns}
+    )
+    frame[REASON] = pd.Series(["; ".join(reasons[int(p)]) for p in np.flatnonzero(hit)], dtype="str")
+    frame[SOURCE] = pd.Series([job.obj.uri] * len(frame), dtype="str")
+    frame[ROW] = _row_numbers(fs, job, piece, table.num_rows)[hit]
     return table.filter(pa.array(~hit)), frame
+
+
+def _row_numbers(fs: Any, job: FileJob, piece: Piece, rows: int) -> np.ndarray:
+    numbers = _read_keys(fs, job, piece, [ROW])[ROW].to_numpy().astype("int64")
+    if len(numbers) != rows:
+        raise AssertionError(f"the keys file of {piece.path} has {len(numbers)} rows, the piece {rows}")
+    return numbers
 
 
 def _missing(value: Any) -> bool:

@@ -106,3 +106,48 @@ def test_source_at_the_bucket_root_does_not_ingest_updraft_outputs(sample_config
     second = ingest_stage.fn(config, embedded_target, "run-2")
     assert (first.files, first.rows_in) == (4, 900)
     assert (second.files, second.files_skipped) == (0, 4)
+
+
+def test_repeated_unique_values_go_to_the_quarantine_in_s3(
+    embedded_target: Target, moto_s3_bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only the curated files holding a repeated value are rewritten (here each block is a
+    file of its own); the keys files the run counts stay out of curated/ and the quarantine."""
+    from tasks.ingest import ingest_dataset, list_source_objects, writer
+    from tests.unit.test_ingest import LENIENT, claims
+    from tests.unit.test_ingest_policies import UNIQUE
+
+    monkeypatch.setattr(writer, "SMALL_FILE_BYTES", 0)
+    s3, bucket = embedded_target.client("s3"), moto_s3_bucket
+    first = claims(2000)
+    first.loc[1900, "claim_id"] = "c00005"
+    second = claims(100, start=5000)
+    second.loc[50, "claim_id"] = "c00700"
+    for name, frame in (("a.csv", first), ("b.csv", second)):
+        s3.put_object(Bucket=bucket, Key=f"raw/{name}", Body=frame.to_csv(index=False).encode())
+    fs, options = embedded_target.filesystem(), embedded_target.storage_options()
+
+    result = ingest_dataset(
+        objects=list_source_objects(fs, f"s3://{bucket}/raw/"),
+        schema=UNIQUE,
+        curated_uri=f"s3://{bucket}/curated/claims/",
+        quarantine_uri=f"s3://{bucket}/quarantine/run-1/",
+        storage_options=options,
+        blocksize=5_000,
+        settings=LENIENT,
+    )
+
+    assert (result.rows_in, result.rows_curated, result.rows_quarantined) == (2100, 2096, 4)
+    quarantine = [p for p in fs.find(f"{bucket}/quarantine/run-1/")]
+    rows = pd.concat([pd.read_parquet(f"s3://{p}", storage_options=options) for p in quarantine])
+    assert sorted(rows[["_source", "_row", "claim_id"]].values.tolist()) == [
+        [f"s3://{bucket}/raw/a.csv", 6, "c00005"],
+        [f"s3://{bucket}/raw/a.csv", 701, "c00700"],
+        [f"s3://{bucket}/raw/a.csv", 1901, "c00005"],
+        [f"s3://{bucket}/raw/b.csv", 51, "c00700"],
+    ]
+    committed = fs.find(f"{bucket}/curated/claims/")
+    assert all(p.endswith(".parquet") and "/work/" not in p for p in committed + quarantine)
+    curated = pd.concat([pd.read_parquet(f"s3://{p}", storage_options=options) for p in committed])
+    assert len(curated) == 2096 and curated["claim_id"].is_unique and "_row" not in curated.columns
+    assert not fs.find(f"{bucket}/curated/claims.staging/")

@@ -22,6 +22,7 @@ from tests.unit.test_ingest import (
     ingest,
     quarantined,
 )
+from tests.unit.test_ingest_policies import UNIQUE
 
 ROOT = Path(__file__).resolve().parents[2]
 #: Three files of 400 rows (two bad each), read in several blocks.
@@ -45,21 +46,23 @@ def _staged(tmp_path: Path) -> list[Path]:
     return sorted(p for p in (tmp_path / "curated.staging").rglob("*") if p.is_file())
 
 
-def _run_and_kill(tmp_path: Path, raw: Path, patch: str) -> None:
-    """Ingest in a child process that ``patch`` kills with SIGKILL part-way."""
+def _run_and_kill(tmp_path: Path, raw: Path, patch: str, *, unique: bool = False) -> None:
+    """Ingest in a child process that ``patch`` kills with SIGKILL part-way (with the
+    contract's ``claim_id`` unique if ``unique``)."""
     script = textwrap.dedent(
         """
         import os, signal, sys
         from pathlib import Path
-        from tests.unit.test_ingest import ingest
+        from tests.unit.test_ingest import SCHEMA, ingest
+        from tests.unit.test_ingest_policies import UNIQUE
 
         def die():
             os.kill(os.getpid(), signal.SIGKILL)
 
         {patch}
-        ingest(Path(sys.argv[1]), Path(sys.argv[2]), "run-killed", blocksize=4_000)
+        ingest(Path(sys.argv[1]), Path(sys.argv[2]), "run-killed", blocksize=4_000, schema={schema})
         """
-    ).format(patch=textwrap.indent(textwrap.dedent(patch), "").strip())
+    ).format(patch=textwrap.indent(textwrap.dedent(patch), "").strip(), schema="UNIQUE" if unique else "SCHEMA")
     done = subprocess.run([sys.executable, "-c", script, str(tmp_path), str(raw)], cwd=ROOT, capture_output=True, timeout=120)
     assert done.returncode == -signal.SIGKILL, done.stderr.decode()[-3000:]
 
@@ -144,6 +147,83 @@ def test_a_run_killed_while_moving_files_is_completed_by_the_next(tmp_path: Path
     entries = load_manifest(FS, str(tmp_path / "curated.manifest.json")).entries
     assert {e.run_id for e in entries.values()} == {"run-killed"}
     assert _staged(tmp_path) == []
+
+
+def _repeat_ids(raw: Path) -> list[str]:
+    """A fourth file repeating two ids of the others: with ``claim_id`` unique, four rows go."""
+    claims(2, start=5).assign(claim_id=["c00005", "c00410"]).to_csv(raw / "repeats.csv", index=False)
+    return ["c00005", "c00410"]
+
+
+def test_a_run_with_unique_columns_killed_while_moving_files_commits_no_keys_files(tmp_path: Path, raw: Path) -> None:
+    repeated = _repeat_ids(raw)
+    _run_and_kill(
+        tmp_path,
+        raw,
+        """
+        from fsspec.implementations.local import LocalFileSystem
+        copies, copy = [], LocalFileSystem.cp_file
+        def copy_then_die(self, path1, path2, **kwargs):
+            copy(self, path1, path2, **kwargs)
+            copies.append(path2)
+            if len(copies) == 2:
+                die()
+        LocalFileSystem.cp_file = copy_then_die
+        """,
+        unique=True,
+    )
+    assert any("/work/keys/" in str(p) for p in _staged(tmp_path))  # staged, not committed
+
+    result = ingest(tmp_path, raw, "run-2", schema=UNIQUE)
+
+    assert result.files == 0  # the killed run's commit was finished
+    committed = [p for p in (tmp_path / "curated").rglob("*") if p.is_file()]
+    committed += [p for p in (tmp_path / "quarantine").rglob("*") if p.is_file()]
+    assert committed and all(p.suffix == ".parquet" and "work" not in p.parts for p in committed)
+    frame = curated(tmp_path)
+    assert "_row" not in frame.columns
+    assert sorted(frame["claim_id"]) == [i for i in _expected_ids() if i not in repeated]
+    rows = quarantined(tmp_path, "run-killed")
+    assert len(rows) == 2 * N_FILES + 4 and sorted(rows["claim_id"][rows["_reason"].str.contains("field_uniqueness")]) == sorted(repeated * 2)
+    assert _staged(tmp_path) == []
+
+
+@pytest.mark.parametrize("dies", ["before its swap", "after its swap"])
+def test_a_finishing_task_run_again_after_dying_writes_and_counts_each_row_once(
+    tmp_path: Path, raw: Path, monkeypatch: pytest.MonkeyPatch, dies: str
+) -> None:
+    """Dask reruns the task of a worker that died; the group's file replaces its first piece."""
+    from fsspec.implementations.local import LocalFileSystem
+
+    import tasks.ingest as ingest_module
+
+    repeated = _repeat_ids(raw)
+    finish, move = ingest_module.finish_group, LocalFileSystem.mv
+    died: set[str] = set()
+
+    def mv_dies_once(self, path1, path2, **kwargs):  # type: ignore[no-untyped-def]
+        if dies == "before its swap" and str(path1).endswith(".merging") and path2 not in died:
+            died.add(path2)
+            raise ConnectionResetError("the worker died")
+        return move(self, path1, path2, **kwargs)
+
+    def dying_then_rerun(group, job, duplicates):  # type: ignore[no-untyped-def]
+        try:
+            finish(group, job, duplicates)  # when it returns, its result is lost with the worker
+        except ConnectionResetError:
+            pass
+        return finish(group, job, duplicates)
+
+    monkeypatch.setattr(LocalFileSystem, "mv", mv_dies_once)
+    monkeypatch.setattr(ingest_module, "finish_group", dying_then_rerun)
+    result = ingest(tmp_path, raw, schema=UNIQUE, blocksize=4_000)
+
+    assert_conserved(result)
+    assert (result.rows_in, result.rows_quarantined) == (N_FILES * N_ROWS + 2, 2 * N_FILES + 4)
+    assert sorted(curated(tmp_path)["claim_id"]) == [i for i in _expected_ids() if i not in repeated]
+    rows = quarantined(tmp_path)
+    assert sorted(rows["claim_id"][rows["_reason"].str.contains("field_uniqueness")]) == sorted(repeated * 2)
+    assert bool(died) == (dies == "before its swap")
 
 
 def test_an_error_between_the_moves_and_the_manifest_is_finished_by_a_retry_of_the_same_run(

@@ -9,12 +9,14 @@ from pathlib import Path
 import dask.dataframe as dd
 import pandas as pd
 import pandera.pandas as pa
+import pyarrow.parquet as pq
 import pytest
 
 from tasks.config import Features, IngestConfig, SplitConfig
 from tasks.errors import ContractError, DataError
 from tasks.features.preprocess import preprocess_dataset
-from tasks.ingest import load_manifest
+from tasks.ingest import file_slug, load_manifest
+from tasks.ingest.readers import block_offsets
 from tasks.ingest.writer import NO_DATE
 from tests.unit.test_ingest import (
     FS,
@@ -85,6 +87,107 @@ def test_uniqueness_and_partitions_come_out_the_same_on_dask_workers(tmp_path: P
     exact = dd.read_parquet(str(tmp_path / "curated"), dataset={"partitioning": None}).compute()
     assert len(exact) == 1678 and exact["claim_id"].is_unique and "_row" not in exact.columns
     assert len(list((tmp_path / "curated").rglob("*.parquet"))) == 10  # a file per day and source file
+
+
+def test_values_whose_hashes_collide_are_told_apart(tmp_path: Path, raw: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Values are compared by hash first; a shared hash alone never quarantines a row."""
+    import numpy as np
+
+    from tasks.ingest import writer
+
+    monkeypatch.setattr(writer, "_hashes", lambda values: np.zeros(len(values), dtype=np.uint64))  # all collide
+    first = claims(600)
+    first.loc[500, "claim_id"] = "c00005"
+    first.to_csv(raw / "a.csv", index=False)
+    claims(100, start=5000).to_csv(raw / "b.csv", index=False)
+
+    result = ingest(tmp_path, raw, schema=UNIQUE, blocksize=5_000)
+
+    assert (result.rows_in, result.rows_quarantined) == (700, 2)
+    assert quarantined(tmp_path)[["_row", "claim_id"]].values.tolist() == [[6, "c00005"], [501, "c00005"]]
+    assert len(curated(tmp_path)) == 698
+
+
+@pytest.fixture()
+def finishing(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, ...]]:
+    """Every piece stays its own file (none counts as small); records the pieces each
+    finishing task reads, so a test sees which ones were rewritten."""
+    import tasks.ingest as ingest_module
+    from tasks.ingest import writer
+
+    monkeypatch.setattr(writer, "SMALL_FILE_BYTES", 0)
+    groups: list[tuple[str, ...]] = []
+    finish = ingest_module.finish_group
+
+    def recording(group, job, duplicates):  # type: ignore[no-untyped-def]
+        groups.append(tuple(p.path for p in group.pieces))
+        return finish(group, job, duplicates)
+
+    monkeypatch.setattr(ingest_module, "finish_group", recording)
+    return groups
+
+
+def _block_of(path: Path, row: int, blocksize: int) -> int:
+    """The block holding data row ``row`` (1-based, the header is line 0) of a CSV file."""
+    lines = path.read_bytes().splitlines(keepends=True)
+    return sum(len(line) for line in lines[:row]) // blocksize
+
+
+def _curated_files(tmp_path: Path) -> list[Path]:
+    return sorted((tmp_path / "curated").rglob("*.parquet"))
+
+
+def test_without_repeated_values_the_curated_files_are_left_as_written(
+    tmp_path: Path, raw: Path, finishing: list[tuple[str, ...]]
+) -> None:
+    claims(2000).to_csv(raw / "a.csv", index=False)
+    blocks = len(block_offsets((raw / "a.csv").stat().st_size, 5_000))
+
+    result = ingest(tmp_path, raw, schema=UNIQUE, blocksize=5_000)
+
+    assert (result.rows_curated, result.rows_quarantined) == (2000, 0)
+    assert finishing == []  # no piece read again, none rewritten
+    files = _curated_files(tmp_path)
+    assert len(files) == blocks > 1
+    assert all(pq.read_schema(f).names == list(UNIQUE.columns) for f in files)  # no _row
+    assert curated(tmp_path)["claim_id"].tolist() == [f"c{i:05d}" for i in range(2000)]
+
+
+def test_only_the_curated_files_holding_repeated_values_are_rewritten(
+    tmp_path: Path, raw: Path, finishing: list[tuple[str, ...]]
+) -> None:
+    first = claims(2000)
+    first.loc[1900, "claim_id"] = "c00005"  # same file, another block
+    first.loc[[10, 11], "claim_id"] = None  # nulls are not duplicates of each other
+    first.to_csv(raw / "a.csv", index=False)
+    claims(3, start=700).to_csv(raw / "b.csv", index=False)  # every row repeats one of a.csv's
+    blocks = len(block_offsets((raw / "a.csv").stat().st_size, 5_000))
+
+    result = ingest(tmp_path, raw, schema=UNIQUE, blocksize=5_000, settings=LENIENT)
+
+    assert_conserved(result)
+    assert (result.rows_in, result.rows_curated, result.rows_quarantined) == (2003, 1995, 8)
+    rows = quarantined(tmp_path)
+    assert rows[["_source", "_row", "claim_id", "_reason"]].values.tolist() == [
+        [str(raw / "a.csv"), 6, "c00005", "claim_id: field_uniqueness failed for 'c00005' (2 rows of this run hold it)"],
+        *[
+            [str(raw / "a.csv"), 701 + i, f"c{700 + i:05d}", f"claim_id: field_uniqueness failed for 'c{700 + i:05d}' (2 rows of this run hold it)"]
+            for i in range(3)
+        ],
+        [str(raw / "a.csv"), 1901, "c00005", "claim_id: field_uniqueness failed for 'c00005' (2 rows of this run hold it)"],
+        *[
+            [str(raw / "b.csv"), 1 + i, f"c{700 + i:05d}", f"claim_id: field_uniqueness failed for 'c{700 + i:05d}' (2 rows of this run hold it)"]
+            for i in range(3)
+        ],
+    ]
+    a, b = file_slug(str(raw / "a.csv")), file_slug(str(raw / "b.csv"))
+    holding = {f"{a}/part-{_block_of(raw / 'a.csv', row, 5_000):05d}.parquet" for row in (6, 701, 702, 703, 1901)}
+    assert sorted(path for group in finishing for path in group) == sorted(holding | {f"{b}/part-00000.parquet"})
+    files = _curated_files(tmp_path)
+    assert len(files) == blocks and not (tmp_path / "curated" / b).exists()  # b.csv's rows all went
+    assert all("_row" not in pq.read_schema(f).names for f in files)
+    frame = curated(tmp_path)
+    assert len(frame) == 1995 and frame["claim_id"].dropna().is_unique and frame["claim_id"].isna().sum() == 2
 
 
 # --- max_quarantine_fraction -------------------------------------------------------------------
