@@ -16,8 +16,14 @@ from distributed import Client
 
 
 @contextlib.contextmanager
-def dask_client(scheduler_address: str | None = None, n_workers: int | None = None) -> Iterator[Client]:
-    """Yield a connected ``distributed.Client``; close whatever this call started."""
+def dask_client(
+    scheduler_address: str | None = None, n_workers: int | None = None, memory_limit: str | int | None = None
+) -> Iterator[Client]:
+    """Yield a connected ``distributed.Client``; close whatever this call started.
+
+    ``memory_limit`` (per worker, e.g. ``"1GiB"``) applies only to a cluster started here;
+    Dask's default splits the machine's memory between the workers.
+    """
     address = scheduler_address or os.environ.get("DASK_SCHEDULER_ADDRESS")
     if address:
         with Client(address) as client:
@@ -34,5 +40,6 @@ def dask_client(scheduler_address: str | None = None, n_workers: int | None = No
         processes=True,
         dashboard_address=None,
         silence_logs=logging.WARNING,
+        memory_limit="auto" if memory_limit is None else memory_limit,
     ) as cluster, Client(cluster) as client:
         yield client
