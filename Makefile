@@ -27,9 +27,28 @@ test: $(STAMP)
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
 
-# GPU tests and kernels: run wherever an NVIDIA GPU and CuPy are present (skipped elsewhere).
+# GPU tests, then the kernel benchmark (benchmarks/gpu_kernels.py), on a machine with an NVIDIA GPU,
+# CuPy, NumPy and pandas; Dask, Prefect and boto3 are not needed (--confcutdir keeps pytest away from
+# tests/conftest.py, which starts moto). Run from the checkout: `make gpu-check`, or
+# `make gpu-check GPU_PYTHON=/path/to/python3 GPU_BENCH_ARGS="--rows 5000000"`.
+# Where that Python has no pytest, carry its wheels in .whl/ (fetched where pip can reach PyPI:
+# `python3 -m pip download --only-binary=:all: --python-version 3.12 -d .whl pytest`, which brings
+# pluggy, iniconfig and packaging too); the target installs .whl/*.whl into a temporary folder.
+GPU_PYTHON ?= python3
+GPU_BENCH_ARGS ?=
 gpu-check:
-	python3 -m pytest -m gpu tests/gpu -q -p no:cacheprovider
+	@site=""; \
+	if ! $(GPU_PYTHON) -c 'import pytest' 2>/dev/null; then \
+	  if ! ls .whl/pytest-*.whl >/dev/null 2>&1; then \
+	    echo "gpu-check: $(GPU_PYTHON) cannot import pytest and .whl/ holds no pytest wheel (see the Makefile comment above gpu-check)" >&2; \
+	    exit 1; \
+	  fi; \
+	  site=$$(mktemp -d); \
+	  $(GPU_PYTHON) -m pip install -q --no-index --no-deps --no-compile --target "$$site" .whl/*.whl || exit 1; \
+	fi; \
+	export PYTHONPATH="$(CURDIR)$${site:+:$$site}$${PYTHONPATH:+:$$PYTHONPATH}"; \
+	$(GPU_PYTHON) -m pytest tests/gpu -m gpu -q -p no:cacheprovider --confcutdir=tests/gpu && \
+	PYTHONUNBUFFERED=1 $(GPU_PYTHON) benchmarks/gpu_kernels.py $(GPU_BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) updraft-runs build *.egg-info
