@@ -114,3 +114,36 @@ def test_scheduler_address_from_environment_wins(tmp_path: Path, monkeypatch: py
     monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", "tcp://10.0.0.1:8786")
     cfg = load_config(write(tmp_path, dict(BASE, dask={"scheduler_address": "tcp://file:1"})))
     assert cfg.dask.scheduler_address == "tcp://10.0.0.1:8786"
+
+
+@pytest.mark.parametrize(
+    ("split", "expected"),
+    [
+        ({}, ("random", None)),
+        ({"method": "stratified"}, ("stratified", None)),
+        ({"method": "time", "column": "submitted_at"}, ("time", "submitted_at")),
+        ({"method": "group", "column": "claimant_id", "validation": 0.2}, ("group", "claimant_id")),
+    ],
+)
+def test_split_method_and_column_are_read(tmp_path: Path, split: dict, expected: tuple) -> None:
+    cfg = load_config(write(tmp_path, dict(BASE, split=split)))
+    assert (cfg.split.method, cfg.split.column) == expected
+
+
+@pytest.mark.parametrize(
+    ("task", "split", "message"),
+    [
+        ("binary_classification", {"method": "kfold"}, "split.method 'kfold' is not one of random, stratified, time, group"),
+        ("binary_classification", {"method": "time"}, "split.column is required for split.method time"),
+        ("binary_classification", {"method": "group"}, "split.column is required for split.method group"),
+        ("binary_classification", {"column": "submitted_at"}, "split.column is only for split.method time or group"),
+        ("binary_classification", {"method": "stratified", "column": "is_fraud"}, "stratified splits by the label"),
+        ("binary_classification", {"method": "time", "column": 3}, "'split.column' has the wrong type"),
+        ("binary_classification", {"method": "group", "column": "is_fraud"}, "split.column 'is_fraud' is the label"),
+        ("binary_classification", {"method": "time", "colum": "t"}, "unknown key 'split.colum'"),
+        ("regression", {"method": "stratified"}, "split.method stratified needs classes"),
+    ],
+)
+def test_split_mistakes_name_the_key(tmp_path: Path, task: str, split: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, dict(BASE, task=task, split=split)))
