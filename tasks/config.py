@@ -9,6 +9,7 @@ option silently ignored is worse than a failed run.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -33,24 +34,119 @@ SUPPORTED_TASKS: tuple[str, ...] = ("binary_classification", "multiclass_classif
 _NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,38}[a-z0-9])?$")
 
 
+IMPUTE_STRATEGIES: tuple[str, ...] = ("mean", "median", "constant")
+SCALERS: tuple[str, ...] = ("standard", "minmax", "none")
+ENCODINGS: tuple[str, ...] = ("vocabulary", "onehot", "hash")
+DATETIME_PARTS: tuple[str, ...] = ("hour", "dayofweek", "month")
+#: Default most categories kept per encoding: codes stay dense, one-hot stays narrow.
+MAX_CATEGORIES = {"vocabulary": 1000, "onehot": 20}
+
+
+@dataclass(frozen=True)
+class NumericTransform:
+    """How one numeric column becomes model input, in this order: impute, clip, log1p, scale
+    (or, with ``bins``, impute then the quantile bin's index). Statistics come from the train
+    split; see docs/design.md ("transform.json") for the exact formulas."""
+
+    impute: str = "mean"
+    fill_value: float | None = None
+    missing_indicator: bool = False
+    clip: tuple[float, float] | None = None
+    log1p: bool = False
+    scale: str = "standard"
+    bins: int | None = None
+
+    @property
+    def needs_quantiles(self) -> bool:
+        return self.impute == "median" or self.clip is not None or self.bins is not None
+
+
+@dataclass(frozen=True)
+class CategoricalTransform:
+    """How one categorical column becomes model input: ``vocabulary`` codes (1 + rank among
+    the top ``max_categories`` train values, 0 for anything else), ``onehot`` columns for the
+    top ``max_categories`` values, or ``hash`` buckets (``2**hash_bits`` of them, no fitting)."""
+
+    encode: str = "vocabulary"
+    max_categories: int | None = None
+    hash_bits: int = 10
+
+    @property
+    def limit(self) -> int:
+        return self.max_categories if self.max_categories is not None else MAX_CATEGORIES.get(self.encode, 0)
+
+
 @dataclass(frozen=True)
 class Features:
-    """Which contract columns feed the model, and how each is treated."""
+    """Which contract columns feed the model, and how each is treated.
+
+    ``transforms`` maps a column to its :class:`NumericTransform` or
+    :class:`CategoricalTransform`; columns not named there get the defaults (mean
+    imputation and standardization; vocabulary codes). Datetime columns give their
+    hour, day of week and month.
+    """
 
     numeric: tuple[str, ...] = ()
     categorical: tuple[str, ...] = ()
+    datetime: tuple[str, ...] = ()
+    transforms: Mapping[str, "NumericTransform | CategoricalTransform"] = field(default_factory=dict)
 
     @property
     def all(self) -> tuple[str, ...]:
-        return self.numeric + self.categorical
+        return self.numeric + self.categorical + self.datetime
+
+    def numeric_transform(self, name: str) -> NumericTransform:
+        found = self.transforms.get(name)
+        return found if isinstance(found, NumericTransform) else NumericTransform()
+
+    def categorical_transform(self, name: str) -> CategoricalTransform:
+        found = self.transforms.get(name)
+        return found if isinstance(found, CategoricalTransform) else CategoricalTransform()
 
 
 @dataclass(frozen=True)
 class SplitConfig:
-    """Fractions of rows held out; the rest trains. Rows are assigned by a hash of their values."""
+    """Fractions of rows held out (the rest trains) and how rows are chosen for each split.
+
+    ``method``: ``random`` (by a hash of the row's values), ``stratified`` (each label class
+    split in these fractions), ``time`` (earliest rows of ``column`` train, then
+    validation, then test) or ``group`` (all rows with the same value of ``column`` on one
+    side). See ``tasks.features.split`` and docs/design.md ("transform.json").
+    """
 
     validation: float = 0.15
     test: float = 0.15
+    method: str = "random"
+    column: str | None = None
+
+    def problem(self) -> str | None:
+        """What is wrong with these settings, in the config file's terms; None when usable.
+
+        One place for the rules, so the config loader and code that builds a SplitConfig
+        directly reject the same things with the same words.
+        """
+        if not (0 < self.validation < 1 and 0 < self.test < 1 and self.validation + self.test < 0.9):
+            return (
+                f"split fractions validation={self.validation}, test={self.test} must each be "
+                "in (0, 1) and leave at least 10% of rows to train"
+            )
+        if self.method not in SPLIT_METHODS:
+            return f"split.method {self.method!r} is not one of {', '.join(SPLIT_METHODS)}"
+        if self.method in SPLIT_COLUMN_METHODS and not self.column:
+            what = "the timestamp column to order rows by" if self.method == "time" else "the column whose values keep rows together"
+            return f"split.column is required for split.method {self.method}: name {what}"
+        if self.method not in SPLIT_COLUMN_METHODS and self.column is not None:
+            hint = " (stratified splits by the label)" if self.method == "stratified" else ""
+            return f"split.column is only for split.method time or group, not {self.method}{hint}: remove it"
+        return None
+
+
+#: How rows are assigned to train/validation/test (``split.method``).
+SPLIT_METHODS: tuple[str, ...] = ("random", "stratified", "time", "group")
+#: The methods that need ``split.column``.
+SPLIT_COLUMN_METHODS: tuple[str, ...] = ("time", "group")
+#: Tasks whose labels are classes, so a stratified split can keep each class's share.
+STRATIFIABLE_TASKS: tuple[str, ...] = ("binary_classification", "multiclass_classification")
 
 
 @dataclass(frozen=True)
@@ -213,11 +309,16 @@ def parse_config(raw: Any, *, base_dir: Path | None = None, origin: str = "confi
     if env_scheduler:
         sections["dask"] = dataclasses.replace(dask_cfg, scheduler_address=env_scheduler)
     split: SplitConfig = sections["split"]
-    if not (0 < split.validation < 1 and 0 < split.test < 1 and split.validation + split.test < 0.9):
+    split_problem = split.problem()
+    if split_problem:
+        raise ConfigError(f"{origin}: {split_problem}")
+    if split.method == "stratified" and task not in STRATIFIABLE_TASKS:
         raise ConfigError(
-            f"{origin}: split fractions validation={split.validation}, test={split.test} must each be "
-            "in (0, 1) and leave at least 10% of rows to train"
+            f"{origin}: split.method stratified needs classes to keep in proportion, and task {task} has none; "
+            "use split.method random (or time or group)"
         )
+    if split.column is not None and split.column == raw["label"]:
+        raise ConfigError(f"{origin}: split.column {split.column!r} is the label; name another column")
     ingest: IngestConfig = sections["ingest"]
     if not 0 <= ingest.max_quarantine_fraction <= 1:
         raise ConfigError(
@@ -261,26 +362,118 @@ def _parse_source(bucket: str, source: str, origin: str) -> tuple[str, str]:
     return bucket, source
 
 
+_FEATURE_LISTS = ("numeric", "categorical", "datetime")
+_NUMERIC_KEYS = {f.name for f in dataclasses.fields(NumericTransform)}
+_CATEGORICAL_KEYS = {f.name for f in dataclasses.fields(CategoricalTransform)}
+
+
 def _parse_features(raw: Any, origin: str) -> Features | None:
+    """``features``: column lists and per-column ``transforms``. With ``transforms`` alone the
+    lists come from the contract (see ``tasks.contracts.resolve_features``)."""
     if raw is None:
         return None
     if not isinstance(raw, dict):
-        raise ConfigError(f"{origin}: features must be a mapping with 'numeric' and/or 'categorical' lists")
-    unknown = sorted(set(raw) - {"numeric", "categorical"})
+        raise ConfigError(f"{origin}: features must be a mapping with 'numeric', 'categorical' and/or 'datetime' lists")
+    known = (*_FEATURE_LISTS, "transforms")
+    unknown = sorted(set(raw) - set(known))
     if unknown:
-        raise ConfigError(f"{origin}: unknown key 'features.{unknown[0]}' (known: numeric, categorical)")
-    lists = {}
-    for key in ("numeric", "categorical"):
+        raise ConfigError(f"{origin}: unknown key 'features.{unknown[0]}' (known: {', '.join(known)})")
+    lists: dict[str, tuple[str, ...]] = {}
+    for key in _FEATURE_LISTS:
         value = raw.get(key) or []
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{origin}: features.{key} must be a list of column names")
         lists[key] = tuple(value)
-    both = set(lists["numeric"]) & set(lists["categorical"])
-    if both:
-        raise ConfigError(f"{origin}: column {sorted(both)[0]!r} is listed as both numeric and categorical")
-    if not lists["numeric"] and not lists["categorical"]:
+    seen: dict[str, str] = {}
+    for key in _FEATURE_LISTS:
+        for name in lists[key]:
+            if name in seen:
+                raise ConfigError(f"{origin}: column {name!r} is listed as both {seen[name]} and {key} in features")
+            seen[name] = key
+    transforms = _parse_transforms(raw.get("transforms"), lists, origin)
+    if not seen and not transforms:
         raise ConfigError(f"{origin}: features lists no columns; remove the key to use every contract column")
-    return Features(**lists)
+    return Features(**lists, transforms=transforms)
+
+
+def _parse_transforms(
+    raw: Any, lists: Mapping[str, tuple[str, ...]], origin: str
+) -> dict[str, NumericTransform | CategoricalTransform]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{origin}: features.transforms must map column names to their settings")
+    out: dict[str, NumericTransform | CategoricalTransform] = {}
+    for column, settings in raw.items():
+        where = f"features.transforms.{column}"
+        if not isinstance(settings, dict) or not settings:
+            raise ConfigError(f"{origin}: {where} must be a mapping of settings, e.g. {{impute: median}}")
+        keys = set(settings)
+        if column in lists["datetime"]:
+            raise ConfigError(f"{origin}: {where}: datetime columns take no settings (they give {', '.join(DATETIME_PARTS)})")
+        if column in lists["categorical"] or (column not in lists["numeric"] and keys <= _CATEGORICAL_KEYS and not keys <= _NUMERIC_KEYS):
+            out[column] = _categorical_transform(settings, where, origin)
+        else:
+            out[column] = _numeric_transform(settings, where, origin)
+    return out
+
+
+def _numeric_transform(settings: Mapping[str, Any], where: str, origin: str) -> NumericTransform:
+    unknown = sorted(set(settings) - _NUMERIC_KEYS)
+    if unknown:
+        raise ConfigError(f"{origin}: unknown key '{where}.{unknown[0]}' for a numeric column (known: {', '.join(sorted(_NUMERIC_KEYS))})")
+    t = NumericTransform(**{k: v for k, v in settings.items() if k != "clip"})
+    if t.impute not in IMPUTE_STRATEGIES:
+        raise ConfigError(f"{origin}: {where}.impute {t.impute!r} must be one of {', '.join(IMPUTE_STRATEGIES)}")
+    if t.impute == "constant":
+        if isinstance(t.fill_value, bool) or not isinstance(t.fill_value, (int, float)) or not math.isfinite(t.fill_value):
+            raise ConfigError(f"{origin}: {where}.impute is constant: give the number as {where}.fill_value")
+    elif t.fill_value is not None:
+        raise ConfigError(f"{origin}: {where}.fill_value is only used with impute: constant (impute is {t.impute})")
+    if t.scale not in SCALERS:
+        raise ConfigError(f"{origin}: {where}.scale {t.scale!r} must be one of {', '.join(SCALERS)}")
+    for flag in ("missing_indicator", "log1p"):
+        if not isinstance(getattr(t, flag), bool):
+            raise ConfigError(f"{origin}: {where}.{flag} must be true or false")
+    clip = settings.get("clip")
+    if clip is not None:
+        if (
+            not isinstance(clip, list)
+            or len(clip) != 2
+            or not all(isinstance(q, (int, float)) and not isinstance(q, bool) for q in clip)
+            or not 0 <= clip[0] < clip[1] <= 1
+        ):
+            raise ConfigError(f"{origin}: {where}.clip must be two quantiles [low, high] with 0 <= low < high <= 1, e.g. [0.01, 0.99]")
+        t = dataclasses.replace(t, clip=(float(clip[0]), float(clip[1])))
+    if t.bins is not None:
+        if isinstance(t.bins, bool) or not isinstance(t.bins, int) or not 2 <= t.bins <= 1000:
+            raise ConfigError(f"{origin}: {where}.bins must be a whole number of quantile bins from 2 to 1000")
+        clashing = [k for k in ("clip", "log1p", "scale") if k in settings]
+        if clashing:
+            raise ConfigError(f"{origin}: {where}.bins replaces scaling; remove {where}.{clashing[0]}")
+    return t
+
+
+def _categorical_transform(settings: Mapping[str, Any], where: str, origin: str) -> CategoricalTransform:
+    unknown = sorted(set(settings) - _CATEGORICAL_KEYS)
+    if unknown:
+        raise ConfigError(
+            f"{origin}: unknown key '{where}.{unknown[0]}' for a categorical column (known: {', '.join(sorted(_CATEGORICAL_KEYS))})"
+        )
+    t = CategoricalTransform(**settings)
+    if t.encode not in ENCODINGS:
+        raise ConfigError(f"{origin}: {where}.encode {t.encode!r} must be one of {', '.join(ENCODINGS)}")
+    if t.max_categories is not None:
+        if t.encode == "hash":
+            raise ConfigError(f"{origin}: {where}.max_categories does not apply to encode: hash (use hash_bits)")
+        if isinstance(t.max_categories, bool) or not isinstance(t.max_categories, int) or t.max_categories < 1:
+            raise ConfigError(f"{origin}: {where}.max_categories must be a whole number of at least 1")
+    if "hash_bits" in settings:
+        if t.encode != "hash":
+            raise ConfigError(f"{origin}: {where}.hash_bits only applies to encode: hash")
+        if isinstance(t.hash_bits, bool) or not isinstance(t.hash_bits, int) or not 1 <= t.hash_bits <= 24:
+            raise ConfigError(f"{origin}: {where}.hash_bits must be a whole number from 1 to 24 (2**hash_bits buckets)")
+    return t
 
 
 def _parse_section(key: str, raw: Any, cls: type, origin: str) -> Any:

@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 import yaml
 from pandera.errors import SchemaErrors
 
-from tasks.config import Features, PipelineConfig
+from tasks.config import Features, NumericTransform, PipelineConfig
 from tasks.errors import ContractError
 
 log = logging.getLogger("updraft.contracts")
@@ -125,7 +125,8 @@ def _kind(dtype: Any) -> str:
 
 def resolve_features(schema: pa.DataFrameSchema, config: PipelineConfig) -> Features:
     """The model's input columns: the config's explicit lists, checked against the contract, or
-    every contract column but the label (datetimes left out) typed by :func:`column_kinds`."""
+    every contract column but the label typed by :func:`column_kinds` (datetimes give their
+    hour, day of week and month). ``features.transforms`` alone keeps the contract's lists."""
     kinds = column_kinds(schema)
     names = list(kinds)
     listing = ", ".join(names)
@@ -133,20 +134,17 @@ def resolve_features(schema: pa.DataFrameSchema, config: PipelineConfig) -> Feat
         raise ContractError(
             f"label {config.label!r} is not a column of the contract {config.contract}; its columns are {listing}"
         )
-    if config.features is None:
-        numeric = tuple(n for n in names if n != config.label and kinds[n] == "numeric")
-        categorical = tuple(n for n in names if n != config.label and kinds[n] == "categorical")
-        skipped = [n for n in names if kinds[n] == "datetime" and n != config.label]
-        if skipped:
-            log.warning("datetime columns %s are not used as features", ", ".join(skipped))
-        if not numeric and not categorical:
+    chosen = config.features
+    if chosen is None or not chosen.all:
+        by_kind = {kind: tuple(n for n in names if n != config.label and kinds[n] == kind) for kind in ("numeric", "categorical", "datetime")}
+        if not any(by_kind.values()):
             raise ContractError(
                 f"the contract {config.contract} has no column besides the label {config.label!r} "
                 "that can be a feature; add columns to the contract"
             )
-        return Features(numeric=numeric, categorical=categorical)
+        chosen = Features(**by_kind, transforms=dict(chosen.transforms) if chosen is not None else {})
 
-    for key, columns in (("numeric", config.features.numeric), ("categorical", config.features.categorical)):
+    for key, columns in (("numeric", chosen.numeric), ("categorical", chosen.categorical), ("datetime", chosen.datetime)):
         for name in columns:
             if name == config.label:
                 raise ContractError(
@@ -157,14 +155,25 @@ def resolve_features(schema: pa.DataFrameSchema, config: PipelineConfig) -> Feat
                     f"feature {name!r} (features.{key} in the config) is not a column of the contract "
                     f"{config.contract}; its columns are {listing}"
                 )
-            if key == "numeric" and kinds[name] != "numeric":
+            if key in ("numeric", "datetime") and kinds[name] != key:
                 dtype = schema.columns[name].dtype
                 raise ContractError(
-                    f"feature {name!r} is listed in features.numeric but the contract {config.contract} "
+                    f"feature {name!r} is listed in features.{key} but the contract {config.contract} "
                     f"types it as {dtype if dtype is not None else 'untyped'}; "
-                    "move it to features.categorical or give it a numeric dtype in the contract"
+                    f"move it to features.{kinds[name]} or give it a {key} dtype in the contract"
                 )
-    return config.features
+    for name, choice in chosen.transforms.items():
+        if name not in chosen.all:
+            raise ContractError(
+                f"features.transforms names {name!r}, which is not a feature (features: {', '.join(chosen.all)})"
+            )
+        kind = "numeric" if name in chosen.numeric else "categorical" if name in chosen.categorical else "datetime"
+        if kind == "datetime" or (kind == "numeric") != isinstance(choice, NumericTransform):
+            raise ContractError(
+                f"features.transforms.{name} holds {'numeric' if isinstance(choice, NumericTransform) else 'categorical'}"
+                f" settings but {name!r} is a {kind} feature; use the settings of a {kind} column"
+            )
+    return chosen
 
 
 def validate_frame(

@@ -35,7 +35,8 @@ from tasks.errors import ConfigError, DataError, UpdraftError
 from tasks.training import container
 
 LABEL_COLUMN = "_label"
-TRANSFORM_FORMAT = "updraft.transform/1"
+#: transform.json formats this entry point reads (format 2 adds per-column transforms).
+TRANSFORM_FORMATS = ("updraft.transform/1", "updraft.transform/2")
 
 #: task -> (XGBoost objective, default evaluation metric)
 OBJECTIVES: dict[str, tuple[str, str]] = {
@@ -145,8 +146,11 @@ def read_transform_spec(channel: Path) -> tuple[dict[str, Any], Path]:
         spec = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise DataError(f"{container.TRANSFORM_FILE} is not valid JSON: {exc}") from None
-    if not isinstance(spec, dict) or spec.get("format") != TRANSFORM_FORMAT:
-        raise DataError(f"{container.TRANSFORM_FILE} is not an {TRANSFORM_FORMAT} spec (format={spec.get('format') if isinstance(spec, dict) else None!r})")
+    if not isinstance(spec, dict) or spec.get("format") not in TRANSFORM_FORMATS:
+        raise DataError(
+            f"{container.TRANSFORM_FILE} is not a spec of format {' or '.join(TRANSFORM_FORMATS)} "
+            f"(format={spec.get('format') if isinstance(spec, dict) else None!r})"
+        )
     task = spec.get("task")
     if task not in OBJECTIVES:
         raise ConfigError(

@@ -1,17 +1,21 @@
 """Preprocess: curated Parquet -> transform.json + float32 feature splits, on Dask.
 
-Two passes over the data, each one task per partition:
+Two passes over the data, each one task per partition (three when the split needs a plan):
 
-1. fit: every partition drops unlabelled rows, assigns splits by row hash and returns
-   small partials (train-split column moments and category counts, label counts,
-   row counts); the partials merge pairwise in a tree, so the client receives one
-   small object whatever the number of partitions.
+0. plan (stratified and time splits only): per-class or time-column quantile sketches,
+   merged into the cut points every worker then applies (``tasks.features.split``).
+1. fit: every partition drops unlabelled rows, assigns splits (the codes stay on the
+   worker for pass 2) and returns small partials: train-split column moments (and of
+   log1p'd values where asked), quantile sketches where a median, clipping or bins are
+   asked, category counts, label counts, row counts. The partials merge pairwise in a
+   tree, so the client receives one small object whatever the number of partitions.
 2. transform: every partition applies the fitted spec (:func:`apply_transform`, the
    function the endpoint uses) and writes its rows to the train, validation and test
    folders, one Parquet file per partition and split.
 
-The kernels see pandas partitions and NumPy blocks; which scheduler runs them (threads,
-a LocalCluster, a remote cluster) is the caller's choice.
+The kernels see pandas partitions and NumPy (or CuPy) arrays; which scheduler runs them
+(threads, a LocalCluster, a remote cluster named by ``DASK_SCHEDULER_ADDRESS``) is the
+caller's choice, and workers reach the data only through the storage options given.
 """
 
 from __future__ import annotations
@@ -35,14 +39,26 @@ from prefect.cache_policies import NO_CACHE
 from tasks.aws.target import Target
 from tasks.config import SUPPORTED_TASKS, Features, PipelineConfig, SplitConfig
 from tasks.errors import ConfigError, DataError
-from tasks.features.split import DEFAULT_SALT, SPLITS, TRAIN, assign_splits
+from tasks.features.split import (
+    DEFAULT_SALT,
+    SPLITS,
+    TRAIN,
+    PlanPartial,
+    SplitPlan,
+    assign_splits,
+    finish_plan,
+    merge_plan_partials,
+    needs_plan,
+    plan_partial,
+)
+from tasks.features.sketch import QuantileSketch
 from tasks.features.stats import (
     ColumnMoments,
     category_counts,
     column_moments,
-    empty_moments,
     merge_counts,
     merge_moments,
+    stack_moments,
     tree_reduce,
 )
 from tasks.features.transform import (
@@ -50,7 +66,9 @@ from tasks.features.transform import (
     apply_transform,
     build_spec,
     category_strings,
+    signed_log1p,
     encode_labels,
+    float_values,
     numeric_values,
 )
 from tasks.layout import Layout
@@ -81,6 +99,9 @@ class FitPartial:
     moments: ColumnMoments
     counts: dict[str, dict[str, int]]
     labels: dict[str, int] = field(default_factory=dict)
+    log_moments: ColumnMoments | None = None
+    sketches: dict[str, QuantileSketch] = field(default_factory=dict)
+    infinite: dict[str, int] = field(default_factory=dict)
 
 
 def merge_partials(a: FitPartial, b: FitPartial) -> FitPartial:
@@ -90,6 +111,9 @@ def merge_partials(a: FitPartial, b: FitPartial) -> FitPartial:
         moments=merge_moments(a.moments, b.moments),
         counts={col: merge_counts(a.counts[col], b.counts[col]) for col in a.counts},
         labels=merge_counts(a.labels, b.labels),
+        log_moments=merge_moments(a.log_moments, b.log_moments) if a.log_moments is not None else None,
+        sketches={col: a.sketches[col].merge(b.sketches[col]) for col in a.sketches},
+        infinite=merge_counts(a.infinite, b.infinite),
     )
 
 
@@ -103,25 +127,77 @@ def drop_unlabelled(frame: pd.DataFrame, label: str, task: str) -> tuple[pd.Data
     return (frame if dropped == 0 else frame[keep]), dropped
 
 
+def plan_partition(frame: pd.DataFrame, *, label: str, task: str, split: SplitConfig, salt: str) -> PlanPartial:
+    """The split-plan partial of one partition's labelled rows (stratified and time splits)."""
+    frame, _ = drop_unlabelled(frame, label, task)
+    return plan_partial(frame, split, label, salt=salt)
+
+
+def split_codes(frame: pd.DataFrame, *, label: str, task: str, plan: SplitPlan) -> np.ndarray:
+    """The split code of each labelled row of the partition (int8, one byte a row).
+
+    Computed once per partition and kept on the workers for the transform pass: hashing
+    every row is among the costliest steps, and the codes are small."""
+    frame, _ = drop_unlabelled(frame, label, task)
+    return assign_splits(frame, plan, label=label)
+
+
 def fit_partition(
-    frame: pd.DataFrame, *, features: Features, label: str, task: str, split: SplitConfig, salt: str
+    frame: pd.DataFrame, *, features: Features, label: str, task: str, plan: SplitPlan, codes: np.ndarray | None = None
 ) -> FitPartial:
-    """The partials of one partition: statistics of its train rows, counts of all its labelled rows."""
+    """The partials of one partition: statistics of its train rows, counts of all its labelled rows.
+
+    Only what the configured transforms need is computed: log moments for log1p columns,
+    quantile sketches for median, clipping and bins, value counts for vocabularies and
+    one-hot columns (hashed columns need none). Numeric columns are read one at a time,
+    in place: on the host a column is contiguous, a row-major block is not.
+    """
     frame, dropped = drop_unlabelled(frame, label, task)
-    codes = assign_splits(frame, split, salt)
+    if codes is None:
+        codes = assign_splits(frame, plan, label=label)
+    _check_codes(codes, frame)
     train = frame[codes == TRAIN]
-    if features.numeric:
-        block = np.column_stack([numeric_values(train[c], c) for c in features.numeric])
-        moments = column_moments(block)
-    else:
-        moments = empty_moments(0)
+    choices = [features.numeric_transform(c) for c in features.numeric]
+    any_log = any(c.log1p for c in choices)
+    moments, log_moments, infinite = [], [], {}
+    sketches = {}
+    for name, choice in zip(features.numeric, choices):
+        values = float_values(train[name], name)
+        moments.append(column_moments(values[:, None]))
+        if any_log:
+            log_moments.append(column_moments(signed_log1p(values)[:, None]))
+        if choice.needs_quantiles:
+            sketches[name] = QuantileSketch.from_values(values)
+        n_inf = int(np.isinf(values).sum())
+        if n_inf:
+            infinite[name] = n_inf
+    counted = [c for c in features.categorical if features.categorical_transform(c).encode != "hash"]
     return FitPartial(
         rows={name: int((codes == i).sum()) for i, name in enumerate(SPLITS)},
         unlabelled=dropped,
-        moments=moments,
-        counts={c: category_counts(train[c]) for c in features.categorical},
+        moments=stack_moments(moments),
+        counts={c: category_counts(train[c]) for c in counted},
         labels=category_counts(frame[label]) if task in CLASSIFICATION_TASKS else {},
+        log_moments=stack_moments(log_moments) if any_log else None,
+        sketches=sketches,
+        infinite=infinite,
     )
+
+
+@dataclass
+class Written:
+    """What one partition's transform wrote, and how many of its values the fit never saw."""
+
+    rows: dict[str, int]
+    unseen: dict[str, int] = field(default_factory=dict)
+
+
+def merge_written(a: Written, b: Written) -> Written:
+    return Written({k: a.rows[k] + b.rows[k] for k in SPLITS}, merge_counts(a.unseen, b.unseen))
+
+
+#: How feature files are written (pyarrow's defaults until benchmarks/output_format.py decides).
+PARQUET_OPTIONS: dict[str, Any] = {}
 
 
 def transform_partition(
@@ -131,12 +207,14 @@ def transform_partition(
     spec: Mapping[str, Any],
     features_uri: str,
     storage_options: Mapping[str, Any] | None,
-    split: SplitConfig,
-    salt: str,
-) -> dict[str, int]:
+    plan: SplitPlan,
+    codes: np.ndarray | None = None,
+) -> Written:
     """Encode one partition and write its rows of each split as ``<split>/part.NNNNN.parquet``."""
     frame, _ = drop_unlabelled(frame, spec["label"], spec["task"])
-    codes = assign_splits(frame, split, salt)
+    if codes is None:
+        codes = assign_splits(frame, plan, label=spec["label"])
+    _check_codes(codes, frame)
     matrix = apply_transform(frame, spec)
     labels = encode_labels(frame[spec["label"]], spec)
     fs, root = fsspec.core.url_to_fs(features_uri, **(storage_options or {}))
@@ -147,12 +225,29 @@ def transform_partition(
         written[name] = int(rows.sum())
         if not written[name]:
             continue
-        part_matrix = matrix[rows]
-        columns = {fname: part_matrix[:, j] for j, fname in enumerate(spec["feature_names"])}
+        columns = {fname: matrix[:, j][rows] for j, fname in enumerate(spec["feature_names"])}
         columns[LABEL_COLUMN] = labels[rows]
         with fs.open(f"{root}/{name}/part.{part:05d}.parquet", "wb") as out:
-            pq.write_table(pa.table(columns), out)
-    return written
+            pq.write_table(pa.table(columns), out, **PARQUET_OPTIONS)
+    return Written(written, _unseen(frame, spec))
+
+
+def _check_codes(codes: np.ndarray, frame: pd.DataFrame) -> None:
+    if len(codes) != len(frame):
+        raise RuntimeError(f"{len(codes)} split codes for a partition of {len(frame)} labelled rows: the data changed during preprocess")
+
+
+def _unseen(frame: pd.DataFrame, spec: Mapping[str, Any]) -> dict[str, int]:
+    """Per vocabulary or one-hot column, the rows holding a value the train split never had."""
+    unseen = {}
+    for entry in spec["categorical"]:
+        if entry.get("encode", "vocabulary") == "hash":
+            continue
+        strings = category_strings(frame[entry["name"]])
+        n = int((strings.notna() & ~strings.isin(entry["vocabulary"])).sum())
+        if n:
+            unseen[entry["name"]] = n
+    return unseen
 
 
 def preprocess_dataset(
@@ -184,9 +279,12 @@ def preprocess_dataset(
     curated = _read_curated(curated_uri, storage_options, list(dict.fromkeys([*features.all, label])))
     _check_columns(curated, features, label, task, curated_uri)
     parts = curated.to_delayed()
+    plan = _split_plan(parts, label=label, task=task, split=split, salt=salt, client=client)
+    codes_task = dask.delayed(split_codes, pure=True)
+    codes = [codes_task(p, label=label, task=task, plan=plan) for p in parts]
     fit_task = dask.delayed(fit_partition, pure=True)
-    partials = [fit_task(p, features=features, label=label, task=task, split=split, salt=salt) for p in parts]
-    fitted: FitPartial = _compute([tree_reduce(partials, dask.delayed(merge_partials, pure=True))], client)[0]
+    partials = [fit_task(p, features=features, label=label, task=task, plan=plan, codes=c) for p, c in zip(parts, codes)]
+    fitted, codes = _fit_keeping_codes(tree_reduce(partials, dask.delayed(merge_partials, pure=True)), codes, client)
     fit_s = time.perf_counter() - started
 
     if fitted.unlabelled:
@@ -206,11 +304,14 @@ def preprocess_dataset(
         input_columns=input_columns,
         features=features,
         moments=fitted.moments,
+        log_moments=fitted.log_moments,
+        sketches=fitted.sketches,
         counts=fitted.counts,
-        split=split,
-        split_hash=salt,
+        split=plan.to_json(),
     )
     _warn_degenerate(spec)
+    for name, n in sorted(fitted.infinite.items()):
+        log.warning("column %r has %d infinite values in the train split: they count as missing and are imputed", name, n)
 
     fs, root = fsspec.core.url_to_fs(features_uri, **storage_options)
     root = root.rstrip("/")
@@ -225,11 +326,14 @@ def preprocess_dataset(
     write_task = dask.delayed(transform_partition, pure=False)  # it writes files: never deduplicate
     shared_spec = dask.delayed(spec, traverse=False)  # one graph node, shipped to each worker once
     writes = [
-        write_task(p, part=i, spec=shared_spec, features_uri=features_uri, storage_options=storage_options, split=split, salt=salt)
-        for i, p in enumerate(parts)
+        write_task(p, part=i, spec=shared_spec, features_uri=features_uri, storage_options=storage_options, plan=plan, codes=c)
+        for i, (p, c) in enumerate(zip(parts, codes))
     ]
-    written = tree_reduce(_compute(writes, client), lambda a, b: {k: a[k] + b[k] for k in SPLITS})
+    done: Written = tree_reduce(_compute(writes, client), merge_written)
+    written = done.rows
     transform_s = time.perf_counter() - started
+    for name, n in sorted(done.unseen.items()):
+        log.warning("column %r: %d rows hold values the train split never had (or that fell outside its top categories); they encode as unseen", name, n)
     if written != fitted.rows:
         raise RuntimeError(f"transform wrote {written} rows but the fit counted {fitted.rows}")
 
@@ -245,6 +349,27 @@ def preprocess_dataset(
     return PreprocessResult(
         rows=written, features_uri=features_uri, transform_uri=transform_uri, feature_names=list(spec["feature_names"])
     )
+
+
+def _fit_keeping_codes(fit: Any, codes: list, client: "Client | None") -> tuple[FitPartial, list]:
+    """The merged fit, and each partition's split codes left where they were computed (futures
+    on the cluster; arrays without one) for the transform pass to reuse."""
+    if client is None:
+        fitted, *values = dask.compute(fit, *codes)
+        return fitted, values
+    futures = client.compute([fit, *codes])
+    return futures[0].result(), futures[1:]
+
+
+def _split_plan(parts: list, *, label: str, task: str, split: SplitConfig, salt: str, client: "Client | None") -> SplitPlan:
+    """The fitted split: a light pass first where the split needs one (stratified cut points
+    per class, time cut points), else the configuration itself."""
+    if not needs_plan(split):
+        return finish_plan(None, split, salt)
+    task_ = dask.delayed(plan_partition, pure=True)
+    partials = [task_(p, label=label, task=task, split=split, salt=salt) for p in parts]
+    merged = _compute([tree_reduce(partials, dask.delayed(merge_plan_partials, pure=True))], client)[0]
+    return finish_plan(merged, split, salt)
 
 
 def require_features(fs: Any, features_uri: str, *, run_id: str, then: str = "run the preprocess stage first") -> str:
@@ -268,7 +393,7 @@ def _check_request(*, features: Features, kinds: Mapping[str, str], label: str, 
     if task not in SUPPORTED_TASKS:
         raise ConfigError(f"task {task!r} cannot be preprocessed yet; use one of {', '.join(SUPPORTED_TASKS)}")
     if not features.all:
-        raise ConfigError("no feature columns: list some under features.numeric or features.categorical")
+        raise ConfigError("no feature columns: list some under features.numeric, features.categorical or features.datetime")
     if label in features.all:
         raise ConfigError(f"label {label!r} is also listed as a feature; remove it from features")
     if LABEL_COLUMN in features.all:
@@ -276,6 +401,14 @@ def _check_request(*, features: Features, kinds: Mapping[str, str], label: str, 
     for name in features.numeric:
         if kinds.get(name) == "categorical":
             raise ConfigError(f"column {name!r} is categorical in the contract; list it under features.categorical")
+        if kinds.get(name) == "datetime":
+            raise ConfigError(f"column {name!r} is a datetime in the contract; list it under features.datetime")
+    for name in features.datetime:
+        if kinds.get(name) not in (None, "datetime"):
+            raise ConfigError(f"column {name!r} is {kinds[name]} in the contract, not a datetime; move it out of features.datetime")
+    for name in features.transforms:
+        if name not in features.numeric and name not in features.categorical:
+            raise ConfigError(f"features.transforms names {name!r}, which is not a numeric or categorical feature")
     outside = [c for c in features.all if c not in input_columns]
     if outside:
         raise ConfigError(f"feature {outside[0]!r} is not a column of the contract ({', '.join(input_columns)})")
@@ -342,11 +475,13 @@ def _label_classes(counts: Mapping[str, int], label: str, task: str) -> list[str
 def _warn_degenerate(spec: Mapping[str, Any]) -> None:
     for entry in spec["numeric"]:
         if entry["count"] == 0:
-            log.warning("column %r has no values in the train split: it is encoded as a constant 0", entry["name"])
+            log.warning(
+                "column %r has no values in the train split: every row gets its fill value %s", entry["name"], entry["fill"]
+            )
         elif entry["std"] == 0:
             log.warning("column %r is constant (%s) in the train split: it carries no information", entry["name"], entry["min"])
     for entry in spec["categorical"]:
-        if not entry["vocabulary"]:
+        if entry.get("encode") != "hash" and not entry["vocabulary"]:
             log.warning("column %r has no values in the train split: every row gets the unseen code 0", entry["name"])
 
 

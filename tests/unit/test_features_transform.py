@@ -74,14 +74,18 @@ def test_spec_has_exactly_the_documented_format(data) -> None:
     train, _ = data
     spec = _fit(train)
     assert list(spec) == [
-        "format", "task", "label", "label_classes", "input_columns", "numeric", "categorical", "feature_names", "split"
+        "format", "task", "label", "label_classes", "input_columns", "numeric", "categorical", "datetime", "feature_names", "split"
     ]
-    assert spec["format"] == "updraft.transform/1"
+    assert spec["format"] == "updraft.transform/2"
     assert spec["input_columns"] == INPUTS
     assert spec["feature_names"] == ["age", "city", "income", "flat"]
     assert spec["split"] == {"validation": 0.1, "test": 0.2, "hash": "salt-1"}
-    assert [set(e) for e in spec["numeric"]] == [{"name", "count", "null_count", "mean", "std", "min", "max", "fill"}] * 3
-    assert spec["categorical"][0]["oov_code"] == 0 and set(spec["categorical"][0]) == {"name", "vocabulary", "oov_code"}
+    assert [set(e) for e in spec["numeric"]] == [
+        {"name", "count", "null_count", "mean", "std", "min", "max", "impute", "fill", "missing_indicator",
+         "clip", "clip_quantiles", "log1p", "scale", "shift", "divisor"}
+    ] * 3
+    assert spec["categorical"][0] == {"name": "city", "encode": "vocabulary", "vocabulary": spec["categorical"][0]["vocabulary"], "oov_code": 0}
+    assert spec["datetime"] == []
     age = next(e for e in spec["numeric"] if e["name"] == "age")
     assert age["count"] + age["null_count"] == len(train)
     assert age["fill"] == age["mean"] == pytest.approx(train["age"].mean())
