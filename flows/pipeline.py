@@ -65,7 +65,7 @@ def run_pipeline(config: PipelineConfig, *, run_id: str | None = None, target_ki
     with _timed(timings, "preflight"):
         plan = preflight(config, target)
 
-    with dask_client(config.dask.scheduler_address, config.dask.n_workers) as client:
+    with dask_client(config.dask.scheduler_address, config.dask.n_workers, config.dask.memory_limit, device=config.dask.device) as client:
         # 1. ingest: raw files -> curated Parquet + quarantine
         with _timed(timings, "ingest"):
             ingest = ingest_stage(config, target, run_id, client)

@@ -44,7 +44,7 @@ def ingest_flow(config_path: str, run_id: str | None = None, target_kind: str | 
 
     config, target, _ = _open(config_path, target_kind)
     run_id = run_id or new_run_id()
-    with dask_client(config.dask.scheduler_address, config.dask.n_workers) as client:
+    with dask_client(config.dask.scheduler_address, config.dask.n_workers, config.dask.memory_limit, device=config.dask.device) as client:
         result = ingest_stage(config, target, run_id, client)
     return _result(run_id, target, result)
 
@@ -62,7 +62,7 @@ def preprocess_flow(config_path: str, run_id: str | None = None, target_kind: st
     plan = preflight(config, target)
     require_curated(target.filesystem(), layout.curated(), then=_first("ingest", config_path))
     # 2. preprocess: curated -> feature splits + transform.json
-    with dask_client(config.dask.scheduler_address, config.dask.n_workers) as client:
+    with dask_client(config.dask.scheduler_address, config.dask.n_workers, config.dask.memory_limit, device=config.dask.device) as client:
         result = preprocess_stage(config, target, run_id, plan.features, plan.kinds, plan.input_columns, client)
     return _result(run_id, target, result)
 

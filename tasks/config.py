@@ -19,6 +19,7 @@ from typing import Any, Mapping
 import yaml
 
 from tasks.errors import ConfigError
+from tasks.features.arrays import DEVICES
 
 TASKS: tuple[str, ...] = (
     "binary_classification",
@@ -181,8 +182,13 @@ class AwsConfig:
 
 @dataclass(frozen=True)
 class DaskConfig:
+    """Where Dask work runs: an existing scheduler, or a cluster started for the run (GPU
+    workers via dask-cuda when ``device`` is gpu, or auto on a machine with GPUs)."""
+
     scheduler_address: str | None = None
     n_workers: int | None = None
+    device: str = "auto"
+    memory_limit: str | None = None
 
 
 #: What ingest does with columns the contract does not name.
@@ -305,6 +311,8 @@ def parse_config(raw: Any, *, base_dir: Path | None = None, origin: str = "confi
         key: _parse_section(key, raw.get(key), cls, origin) for key, cls in _SECTIONS.items()
     }
     dask_cfg: DaskConfig = sections["dask"]
+    if dask_cfg.device not in DEVICES:
+        raise ConfigError(f"{origin}: dask.device {dask_cfg.device!r} must be one of {', '.join(DEVICES)}")
     env_scheduler = os.environ.get("DASK_SCHEDULER_ADDRESS")
     if env_scheduler:
         sections["dask"] = dataclasses.replace(dask_cfg, scheduler_address=env_scheduler)

@@ -13,6 +13,9 @@ from typing import Any
 
 import numpy as np
 
+#: Where preprocess's array work may run: ``auto`` takes a worker's GPU when it has one.
+DEVICES: tuple[str, ...] = ("auto", "cpu", "gpu")
+
 
 def _cupy_if_loaded() -> ModuleType | None:
     return sys.modules.get("cupy")

@@ -51,14 +51,13 @@ from tasks.features.split import (
     needs_plan,
     plan_partial,
 )
+from tasks.features.numeric import array_module, numeric_stats
 from tasks.features.sketch import QuantileSketch
 from tasks.features.stats import (
     ColumnMoments,
     category_counts,
-    column_moments,
     merge_counts,
     merge_moments,
-    stack_moments,
     tree_reduce,
 )
 from tasks.features.transform import (
@@ -66,9 +65,7 @@ from tasks.features.transform import (
     apply_transform,
     build_spec,
     category_strings,
-    signed_log1p,
     encode_labels,
-    float_values,
     numeric_values,
 )
 from tasks.layout import Layout
@@ -143,44 +140,38 @@ def split_codes(frame: pd.DataFrame, *, label: str, task: str, plan: SplitPlan) 
 
 
 def fit_partition(
-    frame: pd.DataFrame, *, features: Features, label: str, task: str, plan: SplitPlan, codes: np.ndarray | None = None
+    frame: pd.DataFrame,
+    *,
+    features: Features,
+    label: str,
+    task: str,
+    plan: SplitPlan,
+    codes: np.ndarray | None = None,
+    device: str = "cpu",
 ) -> FitPartial:
     """The partials of one partition: statistics of its train rows, counts of all its labelled rows.
 
     Only what the configured transforms need is computed: log moments for log1p columns,
     quantile sketches for median, clipping and bins, value counts for vocabularies and
-    one-hot columns (hashed columns need none). Numeric columns are read one at a time,
-    in place: on the host a column is contiguous, a row-major block is not.
+    one-hot columns (hashed columns need none). ``device`` picks where the numeric
+    statistics run (:func:`tasks.features.numeric.array_module`).
     """
     frame, dropped = drop_unlabelled(frame, label, task)
     if codes is None:
         codes = assign_splits(frame, plan, label=label)
     _check_codes(codes, frame)
     train = frame[codes == TRAIN]
-    choices = [features.numeric_transform(c) for c in features.numeric]
-    any_log = any(c.log1p for c in choices)
-    moments, log_moments, infinite = [], [], {}
-    sketches = {}
-    for name, choice in zip(features.numeric, choices):
-        values = float_values(train[name], name)
-        moments.append(column_moments(values[:, None]))
-        if any_log:
-            log_moments.append(column_moments(signed_log1p(values)[:, None]))
-        if choice.needs_quantiles:
-            sketches[name] = QuantileSketch.from_values(values)
-        n_inf = int(np.isinf(values).sum())
-        if n_inf:
-            infinite[name] = n_inf
+    numeric = numeric_stats(train, features, array_module(device))
     counted = [c for c in features.categorical if features.categorical_transform(c).encode != "hash"]
     return FitPartial(
         rows={name: int((codes == i).sum()) for i, name in enumerate(SPLITS)},
         unlabelled=dropped,
-        moments=stack_moments(moments),
+        moments=numeric.moments,
         counts={c: category_counts(train[c]) for c in counted},
         labels=category_counts(frame[label]) if task in CLASSIFICATION_TASKS else {},
-        log_moments=stack_moments(log_moments) if any_log else None,
-        sketches=sketches,
-        infinite=infinite,
+        log_moments=numeric.log_moments,
+        sketches=numeric.sketches,
+        infinite=numeric.infinite,
     )
 
 
@@ -209,13 +200,14 @@ def transform_partition(
     storage_options: Mapping[str, Any] | None,
     plan: SplitPlan,
     codes: np.ndarray | None = None,
+    device: str = "cpu",
 ) -> Written:
     """Encode one partition and write its rows of each split as ``<split>/part.NNNNN.parquet``."""
     frame, _ = drop_unlabelled(frame, spec["label"], spec["task"])
     if codes is None:
         codes = assign_splits(frame, plan, label=spec["label"])
     _check_codes(codes, frame)
-    matrix = apply_transform(frame, spec)
+    matrix = apply_transform(frame, spec, xp=array_module(device))
     labels = encode_labels(frame[spec["label"]], spec)
     fs, root = fsspec.core.url_to_fs(features_uri, **(storage_options or {}))
     root = root.rstrip("/")
@@ -262,12 +254,14 @@ def preprocess_dataset(
     input_columns: list[str],
     storage_options: dict | None,
     client: "Client | None" = None,
+    device: str = "auto",
 ) -> PreprocessResult:
     """Fit the transform on the train split of the curated data and write every split's features.
 
     ``client`` is a ``distributed.Client``; without one Dask's current default scheduler
     runs the work. ``input_columns`` are the feature columns in contract order (the CSV
-    order the endpoint accepts).
+    order the endpoint accepts). ``device``: ``auto`` runs the numeric work on a worker's GPU
+    when it has one (CuPy kernels), ``cpu`` never, ``gpu`` always (an error where it cannot).
     """
     _check_request(features=features, kinds=kinds, label=label, task=task, input_columns=input_columns)
     storage_options = dict(storage_options or {})
@@ -283,7 +277,7 @@ def preprocess_dataset(
     codes_task = dask.delayed(split_codes, pure=True)
     codes = [codes_task(p, label=label, task=task, plan=plan) for p in parts]
     fit_task = dask.delayed(fit_partition, pure=True)
-    partials = [fit_task(p, features=features, label=label, task=task, plan=plan, codes=c) for p, c in zip(parts, codes)]
+    partials = [fit_task(p, features=features, label=label, task=task, plan=plan, codes=c, device=device) for p, c in zip(parts, codes)]
     fitted, codes = _fit_keeping_codes(tree_reduce(partials, dask.delayed(merge_partials, pure=True)), codes, client)
     fit_s = time.perf_counter() - started
 
@@ -326,7 +320,7 @@ def preprocess_dataset(
     write_task = dask.delayed(transform_partition, pure=False)  # it writes files: never deduplicate
     shared_spec = dask.delayed(spec, traverse=False)  # one graph node, shipped to each worker once
     writes = [
-        write_task(p, part=i, spec=shared_spec, features_uri=features_uri, storage_options=storage_options, plan=plan, codes=c)
+        write_task(p, part=i, spec=shared_spec, features_uri=features_uri, storage_options=storage_options, plan=plan, codes=c, device=device)
         for i, (p, c) in enumerate(zip(parts, codes))
     ]
     done: Written = tree_reduce(_compute(writes, client), merge_written)
@@ -508,4 +502,5 @@ def preprocess_stage(
         input_columns=input_columns,
         storage_options=target.storage_options(),
         client=client,
+        device=config.dask.device,
     )

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import re
+from types import ModuleType
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Protocol, Sequence
 
 import numpy as np
@@ -20,6 +21,7 @@ import pandas as pd
 
 from tasks.errors import DataError
 
+from tasks.features.arrays import get_array_module, to_numpy
 from tasks.features.kernels import NumericParams, fused_numeric
 
 if TYPE_CHECKING:
@@ -248,9 +250,10 @@ def _bin_edges(sketch: QuantileSource, bins: int) -> list[float]:
     return [float(e) for e in np.unique(np.asarray(edges, dtype=np.float64))]
 
 
-def signed_log1p(x: np.ndarray) -> np.ndarray:
-    """``sign(x) * log1p(|x|)``: log1p for any real, monotone, 0 at 0."""
-    return np.copysign(np.log1p(np.abs(x)), x)
+def signed_log1p(x: Any) -> Any:
+    """``sign(x) * log1p(|x|)``: log1p for any real, monotone, 0 at 0 (NumPy or CuPy)."""
+    xp = get_array_module(x)
+    return xp.copysign(xp.log1p(xp.abs(x)), x)
 
 
 _UNSAFE_NAME = re.compile(r"[^0-9A-Za-z_.=+-]")
@@ -300,7 +303,7 @@ def top_categories(counts: Mapping[str, int], k: int = DEFAULT_MAX_CATEGORIES) -
     return [value for value, _ in ranked[:k]]
 
 
-def apply_transform(frame: pd.DataFrame, spec: Mapping[str, Any]) -> np.ndarray:
+def apply_transform(frame: pd.DataFrame, spec: Mapping[str, Any], *, xp: ModuleType = np) -> np.ndarray:
     """The model's input matrix (float32, rows x ``feature_names``, column-major) for raw input rows.
 
     Numerics: impute (missing and non-finite values), clip, log1p, scale -- in one fused
@@ -308,7 +311,8 @@ def apply_transform(frame: pd.DataFrame, spec: Mapping[str, Any]) -> np.ndarray:
     index, 0 for unseen or missing), one-hot columns, or hash buckets (1 + bucket, 0 for
     missing). Datetimes: hour, day of week (Monday 0) and month (1-12); -1 where missing;
     see docs/design.md. Columns not among the features are ignored; a missing feature column
-    raises ``DataError``.
+    raises ``DataError``. ``xp`` (CuPy on a GPU worker) runs the numeric transform there as
+    one row-major block; the result is on the host either way.
     """
     spec = normalized_spec(spec)
     absent = [c for c in spec["input_columns"] if c in _feature_columns(spec) and c not in frame.columns]
@@ -321,11 +325,17 @@ def apply_transform(frame: pd.DataFrame, spec: Mapping[str, Any]) -> np.ndarray:
     position = {name: j for j, name in enumerate(spec["feature_names"])}
     # Column-major: on the host every input column and every output column is contiguous.
     out = np.empty((n, len(position)), dtype=np.float32, order="F")
+    blocked = [e for e in spec["numeric"] if e.get("bins") is None] if xp is not np else []
+    if blocked:
+        device = fused_numeric(xp.asarray(host_block(frame, [e["name"] for e in blocked])), _numeric_params(blocked).to(xp))
+        for j, values in enumerate(to_numpy(device).T):
+            out[:, position[blocked[j]["name"]]] = values
     for entry in spec["numeric"]:
         raw = float_values(frame[entry["name"]], entry["name"])
         target = out[:, position[entry["name"]]]
         if entry.get("bins") is None:
-            fused_numeric(raw[:, None], _numeric_params([entry]), out=target[:, None])
+            if not blocked:
+                fused_numeric(raw[:, None], _numeric_params([entry]), out=target[:, None])
         else:
             filled = np.where(np.isfinite(raw), raw, entry["fill"])
             target[:] = np.searchsorted(np.asarray(entry["bins"], dtype=np.float64), filled, side="right")
@@ -355,6 +365,17 @@ def float_values(values: pd.Series, name: str) -> np.ndarray:
     if values.dtype in (np.float32, np.float64):
         return np.ascontiguousarray(values.to_numpy())
     return numeric_values(values, name)
+
+
+def host_block(frame: pd.DataFrame, columns: Sequence[str]) -> np.ndarray:
+    """Numeric columns as one row-major block, the layout device kernels read: float32 where
+    every column is float32 (half the bytes to copy to a device), else float64."""
+    arrays = [float_values(frame[name], name) for name in columns]
+    dtype = np.float32 if arrays and all(a.dtype == np.float32 for a in arrays) else np.float64
+    block = np.empty((len(frame), len(arrays)), dtype=dtype)
+    for j, values in enumerate(arrays):
+        block[:, j] = values
+    return block
 
 
 def _feature_columns(spec: Mapping[str, Any]) -> list[str]:
