@@ -13,9 +13,11 @@ embedded S3 endpoint (moto, in this process), uploads the files, then in one run
     s3fs into ``pyarrow.parquet.ParquetWriter`` on the same S3, no validation, in
     ``--workers`` processes (one file at a time each), so both get the same cores.
 
-Prints MB/s (of CSV read) and rows/s for each, the ratio (the goal: updraft at least 60%
-of pyarrow), where updraft's time went by Dask task kind, and a cProfile of one block
-going through the ingest's reader and writer. Start-up of the cluster and of the pyarrow
+Prints MB/s (of CSV read), rows/s and CPU seconds (of every process involved, the S3
+endpoint's included) for each, the ratio (the goal: updraft at least 60% of pyarrow) and the
+same ratio per CPU second (which the neighbours' load on a shared machine sways less),
+where updraft's time went by Dask task kind, and a cProfile of one block going through
+the ingest's reader and writer. Start-up of the cluster and of the pyarrow
 processes is not counted. Not part of the test suite.
 """
 
@@ -180,6 +182,30 @@ class Timing:
     seconds: float
     rows: int
     detail: str = ""
+    cpu_seconds: float = 0.0
+
+
+def _cpu_times() -> dict[int, float]:
+    """CPU seconds used so far by this process (with the S3 endpoint's thread) and each process
+    below it (Dask workers and nannies, or the pyarrow pool), by process id."""
+    import psutil
+
+    me = psutil.Process()
+    times = {}
+    for process in [me, *me.children(recursive=True)]:
+        try:
+            used = process.cpu_times()
+        except psutil.Error:  # ended meanwhile
+            continue
+        times[process.pid] = used.user + used.system
+    return times
+
+
+def _cpu_used(before: dict[int, float]) -> float:
+    """CPU seconds used since ``before`` by this process tree: on a shared machine wall time
+    follows the neighbours' load, while the work done (core-seconds) changes much less."""
+    after = _cpu_times()
+    return sum(seconds - before.get(pid, 0.0) for pid, seconds in after.items())
 
 
 def run_updraft(contract_path: Path, target: Target, workers: int, expect_rows: int, expect_invalid: int) -> tuple[Timing, dict[str, tuple[int, float]]]:
@@ -202,16 +228,18 @@ def run_updraft(contract_path: Path, target: Target, workers: int, expect_rows: 
         print(f"  (LocalCluster with {workers} workers started in {time.perf_counter() - started:.1f} s, not counted)")
         _print_load()
         with get_task_stream(client) as stream:
+            cpu = _cpu_times()
             began = time.perf_counter()
             result = ingest_stage.fn(config, target, "bench-run", client)
             elapsed = time.perf_counter() - began
+            cpu_seconds = _cpu_used(cpu)
     if (result.rows_in, result.rows_quarantined) != (expect_rows, expect_invalid) or result.files_rejected:
         raise SystemExit(
             f"updraft's counts are wrong: {result.rows_in} rows in (expected {expect_rows}), "
             f"{result.rows_quarantined} quarantined (expected {expect_invalid}), rejected: {result.files_rejected}"
         )
     detail = f"{result.rows_curated:,} curated, {result.rows_quarantined:,} quarantined"
-    return Timing(elapsed, result.rows_in, detail), _by_task_kind(stream.data)
+    return Timing(elapsed, result.rows_in, detail, cpu_seconds), _by_task_kind(stream.data)
 
 
 def _by_task_kind(records: list[dict[str, Any]]) -> dict[str, tuple[int, float]]:
@@ -264,6 +292,7 @@ def run_pyarrow(keys: list[str], target: Target, workers: int) -> Timing:
         pids = {future.result() for future in [pool.submit(_warm) for _ in range(workers)]}
         print(f"  ({len(pids)} pyarrow processes started in {time.perf_counter() - started:.1f} s, not counted)")
         _print_load()
+        cpu = _cpu_times()
         began = time.perf_counter()
         futures = [
             pool.submit(_convert, f"{BUCKET}/{key}", f"{BUCKET}/pyarrow/{key.rsplit('/', 1)[-1]}.parquet", options)
@@ -271,7 +300,8 @@ def run_pyarrow(keys: list[str], target: Target, workers: int) -> Timing:
         ]
         rows = sum(f.result() for f in futures)
         elapsed = time.perf_counter() - began
-    return Timing(elapsed, rows, f"{len(keys)} files, {workers} processes")
+        cpu_seconds = _cpu_used(cpu)
+    return Timing(elapsed, rows, f"{len(keys)} files, {workers} processes", cpu_seconds)
 
 
 # --- where the time goes in one block ------------------------------------------------------------
@@ -351,7 +381,7 @@ def _print_load() -> None:
 def _line(name: str, timing: Timing, megabytes: float) -> str:
     return (
         f"  {name:<8} {timing.seconds:7.1f} s  {megabytes / timing.seconds:7.1f} MB/s  "
-        f"{timing.rows / timing.seconds:>11,.0f} rows/s   ({timing.detail})"
+        f"{timing.rows / timing.seconds:>11,.0f} rows/s  {timing.cpu_seconds:7.1f} CPU s   ({timing.detail})"
     )
 
 
@@ -402,6 +432,10 @@ def main() -> None:
 
             ratio = arrow.seconds / updraft.seconds
             print(f"\nupdraft / pyarrow throughput: {ratio:.2f} (goal: at least 0.60, {'met' if ratio >= 0.6 else 'NOT met'})")
+            print(
+                f"updraft / pyarrow throughput per CPU second (all processes, the S3 endpoint's included): "
+                f"{arrow.cpu_seconds / updraft.cpu_seconds:.2f} (less sensitive to the neighbours' load than wall time)"
+            )
 
             busy = sum(seconds for _, seconds in kinds.values())
             print(f"\nwhere updraft's time went (Dask task stream: {busy:.1f} s of work across {args.workers} workers in {updraft.seconds:.1f} s):")

@@ -48,7 +48,6 @@ from tasks.ingest.manifest import (
     write_manifest,
 )
 from tasks.ingest.readers import (
-    Chunk,
     CsvHeader,
     FileRejected,
     ParquetPart,
@@ -74,12 +73,15 @@ from tasks.ingest.writer import (
     ChunkResult,
     FileJob,
     Piece,
+    StagedChunk,
     count_values,
     finish_group,
     key_hashes,
+    place_chunk,
     plan_groups,
     repeated_hashes,
     stage_chunk,
+    validate_chunk,
 )
 from tasks.layout import Layout
 from tasks.runs import new_run_id
@@ -320,10 +322,6 @@ def _stage_files(jobs: list[FileJob], schema: pa.DataFrameSchema, client: Any, b
     return [outcomes[job.obj.key] for job in jobs]
 
 
-#: Blocks of one file parsed ahead of their validation, at most (see ``_plan_file``).
-_PARSE_AHEAD = 2
-
-
 def _plan_file(job: FileJob, contract: Any, blocksize: int, *, stream: bool) -> list[Any]:
     """Delayed tasks for one file, each returning a list of :class:`ChunkResult`, or of the
     :class:`FileRejected` that stopped it (returned, not raised: a rejection is an answer,
@@ -334,56 +332,47 @@ def _plan_file(job: FileJob, contract: Any, blocksize: int, *, stream: bool) -> 
     if obj.format == "parquet":
         _, parts = plan_parquet(obj, job.storage_options, blocksize)
         return [dask.delayed(_stage_parquet_part)(job, contract, part, index) for index, part in enumerate(parts)]
+    header: CsvHeader | None = None
     if obj.format in ("csv", "tsv"):
-        # Read here (one small request), not as a task: block parses then depend on nothing,
-        # so the scheduler's queuing of root tasks keeps only a few parsed blocks in memory
-        # per worker instead of parsing the whole file ahead of validation.
-        header: Any = read_csv_header(obj, job.storage_options)
+        # Read here (one small request), not as a task: block tasks then depend on nothing
+        # but the contract, so the scheduler's queuing of root tasks runs them as workers free up.
+        header = read_csv_header(obj, job.storage_options)
         if stream or obj.compressed:
             return [dask.delayed(_stage_csv_stream)(job, contract, header, blocksize)]
-        parse: Any = dask.delayed(_parse_csv)
-        extra: tuple[Any, ...] = (header,)
-    else:
-        if stream or obj.compressed:
-            return [dask.delayed(_stage_json_stream)(job, contract, blocksize)]
-        parse, extra = dask.delayed(_parse_json), ()
-    # A block's first record number is the sum of the earlier blocks' record counts, which
-    # are known only once parsed; chaining the sums keeps a single read per block.
-    # Dask's scheduler would parse every block of a file ahead of validating them (parsing is
-    # cheaper), holding them all in memory; making block i's parse wait for block i-k's
-    # staging bounds a file's parsed-but-unvalidated blocks to k.
+    elif stream or obj.compressed:
+        return [dask.delayed(_stage_json_stream)(job, contract, blocksize)]
+    # Each block is read, parsed, validated and its curated rows written by one task, so a
+    # parsed block never waits in memory nor crosses to another worker. Only its quarantined
+    # rows need its first record number, the sum of the earlier blocks' record counts, known
+    # once those are parsed: a second, small task writes them (chaining the sums keeps a
+    # single read per block).
     tasks = []
     offset: Any = 0
     for index, start in enumerate(block_offsets(obj.size, blocksize)):
-        after = tasks[index - _PARSE_AHEAD] if index >= _PARSE_AHEAD else None
-        chunk = parse(job, *extra, start, blocksize, index == 0, after)
-        tasks.append(dask.delayed(_stage_block)(chunk, contract, job, f"{index:05d}", offset))
-        offset = dask.delayed(operator.add)(offset, dask.delayed(_records)(chunk))
+        staged = dask.delayed(_validate_block)(job, contract, header, start, blocksize, f"{index:05d}")
+        tasks.append(dask.delayed(_place_block)(staged, job, offset))
+        offset = dask.delayed(operator.add)(offset, dask.delayed(_records)(staged))
     return tasks
 
 
-def _records(chunk: Chunk | FileRejected) -> int:
-    return 0 if isinstance(chunk, FileRejected) else chunk.records
+def _records(staged: StagedChunk | FileRejected) -> int:
+    return 0 if isinstance(staged, FileRejected) else staged.records
 
 
-def _parse_csv(
-    job: FileJob, header: CsvHeader | FileRejected, start: int, length: int, first: bool, after: Any = None
-) -> Chunk | FileRejected:
-    if isinstance(header, FileRejected):
-        return header
+def _validate_block(
+    job: FileJob, schema: pa.DataFrameSchema, header: CsvHeader | None, start: int, length: int, name: str
+) -> StagedChunk | FileRejected:
+    """One block of a CSV (``header`` given) or JSON-lines file: read, parsed, validated,
+    its curated rows written (see :func:`tasks.ingest.writer.validate_chunk`)."""
     try:
         data = read_text_block(job.obj, job.storage_options, start, length)
         with reading(job.obj, None):
-            return parse_csv_block(data, header, holds_header=first)
-    except FileRejected as exc:
-        return exc
-
-
-def _parse_json(job: FileJob, start: int, length: int, first: bool, after: Any = None) -> Chunk | FileRejected:
-    try:
-        data = read_text_block(job.obj, job.storage_options, start, length)
-        with reading(job.obj, None):
-            return parse_json_block(data, first=first)
+            if header is None:
+                chunk = parse_json_block(data, first=start == 0)
+            else:
+                chunk = parse_csv_block(data, header, holds_header=start == 0)
+        del data
+        return validate_chunk(chunk, schema, job, name)
     except FileRejected as exc:
         return exc
 
@@ -391,13 +380,10 @@ def _parse_json(job: FileJob, start: int, length: int, first: bool, after: Any =
 Staged = list[ChunkResult | FileRejected]
 
 
-def _stage_block(chunk: Chunk | FileRejected, schema: pa.DataFrameSchema, job: FileJob, name: str, offset: int) -> Staged:
-    if isinstance(chunk, FileRejected):
-        return [chunk]
-    try:
-        return [stage_chunk(chunk, schema, job, name, offset)]
-    except FileRejected as exc:
-        return [exc]
+def _place_block(staged: StagedChunk | FileRejected, job: FileJob, offset: int) -> Staged:
+    if isinstance(staged, FileRejected):
+        return [staged]
+    return [place_chunk(staged, job, offset)]
 
 
 def _stage_csv_stream(job: FileJob, schema: pa.DataFrameSchema, header: CsvHeader | FileRejected, blocksize: int) -> Staged:

@@ -40,7 +40,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
-from fsspec.utils import read_block
 
 from tasks.ingest.sources import FORMAT_NAMES, SourceObject
 
@@ -55,6 +54,8 @@ NA_VALUES = (
 _NA = pa.array(NA_VALUES, pa.string())
 #: How far into a file its header line may end.
 HEADER_LIMIT = 2**20
+#: Bytes fetched past a block's end in the same request, to find where its last line ends.
+LINE_SLACK = 2**20
 _BOM = "\ufeff"
 
 
@@ -161,16 +162,11 @@ _CONTENT_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, EOFErro
 
 
 @contextlib.contextmanager
-def open_raw(
-    obj: SourceObject, options: dict[str, Any], *, ranged: bool = False, block_size: int | None = None
-) -> Iterator[_Guard]:
-    """The object's bytes as stored (compressed or not), guarded. ``ranged``: for reading
-    one byte range, which a read-ahead cache would fetch far past (s3fs reads 50 MB ahead);
-    ``block_size``: how much each request fetches, for reading only the start of a file."""
+def open_raw(obj: SourceObject, options: dict[str, Any], *, block_size: int | None = None) -> Iterator[_Guard]:
+    """The object's bytes as stored (compressed or not), guarded. ``block_size``: how much
+    each request fetches, for reading only the start of a file (s3fs reads 50 MB ahead)."""
     fs, path = fsspec.core.url_to_fs(obj.uri, **options)
-    extra: dict[str, Any] = {"cache_type": "none"} if ranged else {}
-    if block_size is not None:
-        extra["block_size"] = block_size
+    extra: dict[str, Any] = {} if block_size is None else {"block_size": block_size}
     with fs.open(path, "rb", **extra) as handle:
         guard = _Guard(handle)
         with reading(obj, guard):
@@ -214,9 +210,42 @@ def block_offsets(size: int, blocksize: int) -> list[int]:
 
 
 def read_text_block(obj: SourceObject, options: dict[str, Any], offset: int, length: int) -> bytes:
-    """The whole lines that start in ``[offset, offset + length)`` (fsspec's rule, as Dask's)."""
-    with open_raw(obj, options, ranged=True) as guard:
-        return read_block(guard, offset, length, delimiter=b"\n")
+    """The whole lines that start in ``[offset, offset + length)``: fsspec's ``read_block``
+    rule (as Dask's), read in one request as a rule.
+
+    fsspec's ``read_block`` on an unbuffered file makes three requests per block (the line
+    end after ``offset``, the one after ``offset + length``, then the bytes between); each
+    costs a round trip on S3, and the embedded endpoint reads the whole object for each.
+    Here one ranged GET fetches the block and :data:`LINE_SLACK` bytes past it, the line
+    ends are found in memory, and more is fetched only when a line runs past the slack.
+    Errors from the store propagate as they are.
+    """
+    fs, path = fsspec.core.url_to_fs(obj.uri, **options)
+    data = fs.cat_file(path, start=offset, end=min(obj.size, offset + length + LINE_SLACK))
+    start = 0
+    if offset:
+        start, data = _line_end(fs, path, obj.size, offset, data, 0)
+    end, data = _line_end(fs, path, obj.size, offset, data, length)
+    return data[start : max(start, end)]
+
+
+def _line_end(fs: Any, path: str, size: int, offset: int, data: bytes, position: int) -> tuple[int, bytes]:
+    """Just past the first line break at or after ``position`` of ``data`` (the file's bytes
+    from ``offset`` on), or the end of the file; with ``data`` grown when it had to be: a
+    line longer than the slack fetches ever larger pieces, so even a huge one costs few requests."""
+    step = LINE_SLACK
+    while True:
+        found = data.find(b"\n", position)
+        if found >= 0:
+            return found + 1, data
+        if offset + len(data) >= size:
+            return len(data), data
+        position = len(data)
+        step *= 2
+        more = fs.cat_file(path, start=offset + len(data), end=min(size, offset + len(data) + step))
+        if not more:  # the object shrank since it was listed
+            return len(data), data
+        data += more
 
 
 # --- CSV and TSV ---------------------------------------------------------------------------

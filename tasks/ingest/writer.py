@@ -7,8 +7,9 @@ moving files, and dropping a file's output (it turned out unreadable half-way) i
 one folder.
 
 When the contract has ``unique`` columns, each curated piece gets a small "keys" file in
-``work/`` (never committed): those columns and each row's source row number, in the piece's
-row order. The run counts values over the keys files alone, and the curated pieces stay as
+``work/`` (never committed): those columns and each row's number within its chunk, in the
+piece's row order (the piece's ``row_offset`` turns them into source row numbers: a block's
+curated rows are written before the blocks ahead of it are counted). The run counts values over the keys files alone, and the curated pieces stay as
 they will be committed (no row numbers in them), so a run without repeated values reads
 and rewrites none of them.
 
@@ -20,6 +21,7 @@ which move to the quarantine with their row numbers from its keys file.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import posixpath
@@ -82,11 +84,15 @@ class FileJob:
 
 @dataclass(frozen=True)
 class Piece:
-    """One staged curated file: its path below the curated root, its rows and bytes."""
+    """One staged curated file: its path below the curated root, its rows and bytes.
+
+    ``row_offset``: what to add to the row numbers in its keys file, which are counted from
+    the start of the chunk it came from (written before the chunk's place in its file was known)."""
 
     path: str
     rows: int
     nbytes: int
+    row_offset: int = 0
 
 
 @dataclass
@@ -99,14 +105,37 @@ class ChunkResult:
     suspect: bool = False
 
 
+@dataclass
+class StagedChunk:
+    """A chunk validated and its curated rows written, but not yet placed in its file:
+    ``quarantine`` holds its rejected rows numbered from the chunk's start, ``result`` the
+    counts and pieces. Small (the quarantined rows only), so it can wait for its offset
+    or cross to another worker cheaply."""
+
+    name: str
+    result: ChunkResult
+    quarantine: pd.DataFrame
+
+    @property
+    def records(self) -> int:
+        return self.result.rows_in
+
+
 def stage_chunk(chunk: Chunk, schema: pda.DataFrameSchema, job: FileJob, name: str, offset: int) -> ChunkResult:
     """Validate one chunk and write its curated and quarantined rows to the file's staging folder.
 
     ``offset`` is the number of the file's records before the chunk; ``name`` tells this
     chunk's files from the file's other chunks'.
     """
+    return place_chunk(validate_chunk(chunk, schema, job, name), job, offset)
+
+
+def validate_chunk(chunk: Chunk, schema: pda.DataFrameSchema, job: FileJob, name: str) -> StagedChunk:
+    """Validate one chunk and write its curated rows (which hold no row numbers): the part of
+    staging that needs no offset, so a block is read, parsed and validated in one task while
+    the offsets of the blocks before it are still being counted (see :func:`place_chunk`)."""
     if chunk.suspect:  # the caller reads the whole file again as a stream
-        return ChunkResult(suspect=True)
+        return StagedChunk(name=name, result=ChunkResult(suspect=True), quarantine=pd.DataFrame())
     raw = chunk.frame
     unknown = tuple(str(c) for c in raw.columns if c not in schema.columns)
     if unknown and job.extra_columns == "fail":
@@ -119,7 +148,7 @@ def stage_chunk(chunk: Chunk, schema: pda.DataFrameSchema, job: FileJob, name: s
         raw,
         schema,
         source=job.obj.uri,
-        row_numbers=offset + chunk.rows,
+        row_numbers=chunk.rows,
         keep_columns=unknown if job.extra_columns == "keep" else (),
         with_row_numbers=bool(job.unique),
     )
@@ -129,7 +158,7 @@ def stage_chunk(chunk: Chunk, schema: pda.DataFrameSchema, job: FileJob, name: s
                 RAW: chunk.broken[RAW].astype("str"),
                 REASON: chunk.broken[BROKEN_REASON].astype("str"),
                 SOURCE: pd.Series([job.obj.uri] * len(chunk.broken), dtype="str"),
-                ROW: (offset + chunk.broken[RECORD]).astype("int64"),
+                ROW: chunk.broken[RECORD].astype("int64"),
             }
         )
         quarantined = pd.concat([quarantined, broken], ignore_index=True).sort_values(ROW, kind="stable")
@@ -138,15 +167,28 @@ def stage_chunk(chunk: Chunk, schema: pda.DataFrameSchema, job: FileJob, name: s
     for folder, part in _by_folder(valid, job):
         path = f"{folder}/part-{name}.parquet" if folder == job.slug else f"{folder}/{job.slug}-{name}.parquet"
         pieces.append(_put_piece(fs, job, path, part))
-    if len(quarantined):
-        put_parquet(fs, f"{job.quarantine_staging}{job.slug}/part-{name}.parquet", quarantined.reset_index(drop=True))
     if len(valid) + len(quarantined) != chunk.records:
         raise AssertionError(
             f"ingest lost rows of {job.obj.uri}: {chunk.records} records, {len(valid)} curated, {len(quarantined)} quarantined"
         )
-    return ChunkResult(
+    result = ChunkResult(
         rows_in=chunk.records, curated=len(valid), quarantined=len(quarantined), pieces=pieces, unknown_columns=unknown
     )
+    return StagedChunk(name=name, result=result, quarantine=quarantined.reset_index(drop=True))
+
+
+def place_chunk(staged: StagedChunk, job: FileJob, offset: int) -> ChunkResult:
+    """Number a validated chunk's rows from the file's start (``offset`` records precede it)
+    and write its quarantined rows, which carry those numbers."""
+    result = staged.result
+    if result.suspect:
+        return result
+    if len(staged.quarantine):
+        quarantine = staged.quarantine.assign(**{ROW: staged.quarantine[ROW] + offset})
+        fs, _ = fsspec.core.url_to_fs(job.staging, **job.storage_options)
+        put_parquet(fs, f"{job.quarantine_staging}{job.slug}/part-{staged.name}.parquet", quarantine)
+    pieces = [dataclasses.replace(piece, row_offset=offset) for piece in result.pieces]
+    return dataclasses.replace(result, pieces=pieces)
 
 
 def _put_piece(fs: Any, job: FileJob, path: str, part: pd.DataFrame) -> Piece:
@@ -414,7 +456,7 @@ def _split_duplicates(
 
 
 def _row_numbers(fs: Any, job: FileJob, piece: Piece, rows: int) -> np.ndarray:
-    numbers = _read_keys(fs, job, piece, [ROW])[ROW].to_numpy().astype("int64")
+    numbers = _read_keys(fs, job, piece, [ROW])[ROW].to_numpy().astype("int64") + piece.row_offset
     if len(numbers) != rows:
         raise AssertionError(f"the keys file of {piece.path} has {len(numbers)} rows, the piece {rows}")
     return numbers

@@ -210,3 +210,23 @@ def test_an_outage_longer_than_botocore_retries_is_retried_by_prefect_without_du
         assert endpoint.proxy.injected == {("PUT", "InternalError"): 1}
         curated_ids, quarantined_ids = _read_back(endpoint, result.curated_uri, result.quarantine_uri)
         _assert_every_row_once(frame, curated_ids, quarantined_ids, result)
+
+
+def test_each_block_of_a_text_file_costs_one_get(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A block is fetched with the start of the next in one ranged GET, not the three of a
+    seek-read-seek (one per line end, one for the bytes): on S3 each is a round trip."""
+    from tasks.ingest.readers import block_offsets, read_text_block
+
+    for name in ("AWS_ENDPOINT_URL_S3", "AWS_REGION"):
+        monkeypatch.delenv(name, raising=False)
+    text = "".join(f"row-{i},{'x' * (i % 50)}\n" for i in range(20_000)).encode()
+    with _faulty_endpoint() as endpoint:
+        boto3.client("s3", endpoint_url=endpoint.aws.url).put_object(Bucket=BUCKET, Key="raw/lines.csv", Body=text)
+        options = endpoint.target.storage_options()
+        (obj,) = list_source_objects(endpoint.target.filesystem(), f"s3://{BUCKET}/raw/")
+        before = endpoint.proxy.forwarded["GET"]
+        offsets = block_offsets(obj.size, 64 * 1024)
+        blocks = [read_text_block(obj, options, offset, 64 * 1024) for offset in offsets]
+        gets = endpoint.proxy.forwarded["GET"] - before
+    assert b"".join(blocks) == text
+    assert len(offsets) > 5 and gets == len(offsets)

@@ -212,15 +212,17 @@ def test_windows_line_endings_are_read_like_any_others(tmp_path: Path, raw: Path
 def test_no_chunk_holds_a_whole_file(tmp_path: Path, raw: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Whatever the format or compression, a file is validated a bounded block at a time."""
     import tasks.ingest as ingest_package
+    import tasks.ingest.writer as writer
 
     sizes: dict[str, list[int]] = {}
-    stage = ingest_package.stage_chunk
+    validate = writer.validate_chunk
 
-    def measured(chunk, schema, job, name, offset):
+    def measured(chunk, schema, job, name):
         sizes.setdefault(Path(job.obj.uri).name, []).append(chunk.records)
-        return stage(chunk, schema, job, name, offset)
+        return validate(chunk, schema, job, name)
 
-    monkeypatch.setattr(ingest_package, "stage_chunk", measured)
+    monkeypatch.setattr(ingest_package, "validate_chunk", measured)  # blocks of plain text files
+    monkeypatch.setattr(writer, "validate_chunk", measured)  # streams and Parquet, through stage_chunk
     frame = claims(4000)
     frame.to_csv(raw / "a.csv", index=False)
     (raw / "b.csv.gz").write_bytes(gzip.compress(frame.to_csv(index=False).encode()))
@@ -231,3 +233,33 @@ def test_no_chunk_holds_a_whole_file(tmp_path: Path, raw: Path, monkeypatch: pyt
     assert result.rows_in == 4 * 4000
     assert {name: sum(counts) for name, counts in sizes.items()} == dict.fromkeys(["a.csv", "b.csv.gz", "c.jsonl.zst", "d.parquet"], 4000)
     assert all(len(counts) >= 4 and max(counts) <= 4000 // 3 for counts in sizes.values()), sizes
+
+
+# --- cutting text files into blocks ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("slack", [1, 7, 2**20])
+def test_blocks_hold_exactly_the_lines_that_start_in_them(tmp_path: Path, slack: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Blocks follow fsspec's read_block rule (Dask's), however long a line runs past the
+    bytes fetched with a block: together they are the file, each line in exactly one block."""
+    import io
+    import random
+
+    from fsspec.utils import read_block
+
+    import tasks.ingest.readers as readers
+    from tasks.ingest.sources import SourceObject
+
+    monkeypatch.setattr(readers, "LINE_SLACK", slack)
+    rng = random.Random(slack)
+    for trial in range(20):
+        lines = [b"x" * rng.choice([0, 1, 5, 40, 700]) for _ in range(rng.randint(0, 40))]
+        data = b"\n" * rng.randint(0, 3) + b"\n".join(lines) + (b"\n" if trial % 2 else b"")
+        path = tmp_path / f"t{trial}.csv"
+        path.write_bytes(data)
+        obj = SourceObject(uri=str(path), key=path.name, size=len(data))
+        for blocksize in (1, 6, 64, 1000):
+            blocks = [readers.read_text_block(obj, {}, offset, blocksize) for offset in readers.block_offsets(len(data), blocksize)]
+            expected = [read_block(io.BytesIO(data), offset, blocksize, delimiter=b"\n") for offset in readers.block_offsets(len(data), blocksize)]
+            assert blocks == expected, (trial, blocksize)
+            assert b"".join(blocks) == data
