@@ -187,8 +187,11 @@ def merge_written(a: Written, b: Written) -> Written:
     return Written({k: a.rows[k] + b.rows[k] for k in SPLITS}, merge_counts(a.unseen, b.unseen))
 
 
-#: How feature files are written (pyarrow's defaults until benchmarks/output_format.py decides).
-PARQUET_OPTIONS: dict[str, Any] = {}
+#: How feature files are written. Dictionary encoding costs more than half of pyarrow's write
+#: time on float features and saves little (measured on 1M x 25 float32: 0.47 s with it,
+#: 0.21 s without, 97 vs 91 MB); snappy keeps files small at little cost and every reader
+#: (XGBoost via pyarrow, Spark, SageMaker's own containers) reads it.
+PARQUET_OPTIONS: dict[str, Any] = {"compression": "snappy", "use_dictionary": False}
 
 
 def transform_partition(
