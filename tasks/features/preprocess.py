@@ -65,6 +65,8 @@ from tasks.features.transform import (
     apply_transform,
     build_spec,
     category_strings,
+    coded_columns,
+    outputs_of,
     encode_labels,
     numeric_values,
 )
@@ -187,11 +189,13 @@ def merge_written(a: Written, b: Written) -> Written:
     return Written({k: a.rows[k] + b.rows[k] for k in SPLITS}, merge_counts(a.unseen, b.unseen))
 
 
-#: How feature files are written. Dictionary encoding costs more than half of pyarrow's write
-#: time on float features and saves little (measured on 1M x 25 float32: 0.47 s with it,
-#: 0.21 s without, 97 vs 91 MB); snappy keeps files small at little cost and every reader
-#: (XGBoost via pyarrow, Spark, SageMaker's own containers) reads it.
-PARQUET_OPTIONS: dict[str, Any] = {"compression": "snappy", "use_dictionary": False}
+#: How feature files are written (benchmarks/output_format.py, 2M rows x 25 float32 + label):
+#: pyarrow's default dictionary-encodes every column, which costs most of the write time on
+#: scaled floats and saves nothing there (193 MB, 1.0 s); dictionary on the code columns and
+#: the label only gives 171 MB in 0.42 s, read back in 0.09 s. zstd would save 9% more for
+#: +0.24 s; snappy is read by every consumer (XGBoost via pyarrow, Spark, SageMaker's
+#: containers). One row group per file here (partitions are under 1Mi rows).
+PARQUET_OPTIONS: dict[str, Any] = {"compression": "snappy", "row_group_size": 1 << 20}
 
 
 def transform_partition(
@@ -212,19 +216,26 @@ def transform_partition(
     _check_codes(codes, frame)
     matrix = apply_transform(frame, spec, xp=array_module(device))
     labels = encode_labels(frame[spec["label"]], spec)
+    # Rows grouped by split once (a stable sort keeps their order within a split): each
+    # column is then gathered once and sliced, rather than filtered once per split.
+    order = np.argsort(codes, kind="stable")
+    bounds = np.searchsorted(codes[order], np.arange(len(SPLITS) + 1))
+    names = list(spec["feature_names"])
+    grouped = {fname: matrix[:, j].take(order) for j, fname in enumerate(names)}
+    grouped[LABEL_COLUMN] = labels.take(order)
+    options = {**PARQUET_OPTIONS, "use_dictionary": [*coded_columns(spec), LABEL_COLUMN]}
     fs, root = fsspec.core.url_to_fs(features_uri, **(storage_options or {}))
     root = root.rstrip("/")
     written = {}
     for i, name in enumerate(SPLITS):
-        rows = codes == i
-        written[name] = int(rows.sum())
+        start, stop = int(bounds[i]), int(bounds[i + 1])
+        written[name] = stop - start
         if not written[name]:
             continue
-        columns = {fname: matrix[:, j][rows] for j, fname in enumerate(spec["feature_names"])}
-        columns[LABEL_COLUMN] = labels[rows]
+        table = pa.table({fname: values[start:stop] for fname, values in grouped.items()})
         with fs.open(f"{root}/{name}/part.{part:05d}.parquet", "wb") as out:
-            pq.write_table(pa.table(columns), out, **PARQUET_OPTIONS)
-    return Written(written, _unseen(frame, spec))
+            pq.write_table(table, out, **options)
+    return Written(written, _unseen(frame, spec, matrix))
 
 
 def _check_codes(codes: np.ndarray, frame: pd.DataFrame) -> None:
@@ -232,17 +243,30 @@ def _check_codes(codes: np.ndarray, frame: pd.DataFrame) -> None:
         raise RuntimeError(f"{len(codes)} split codes for a partition of {len(frame)} labelled rows: the data changed during preprocess")
 
 
-def _unseen(frame: pd.DataFrame, spec: Mapping[str, Any]) -> dict[str, int]:
-    """Per vocabulary or one-hot column, the rows holding a value the train split never had."""
+def _unseen(frame: pd.DataFrame, spec: Mapping[str, Any], matrix: np.ndarray) -> dict[str, int]:
+    """Per vocabulary or one-hot column, the rows that hold a value but got the unseen
+    encoding (code 0, or no one-hot column set): read off the encoded matrix."""
+    position = {name: j for j, name in enumerate(spec["feature_names"])}
     unseen = {}
     for entry in spec["categorical"]:
-        if entry.get("encode", "vocabulary") == "hash":
+        encode = entry.get("encode", "vocabulary")
+        if encode == "hash":
             continue
-        strings = category_strings(frame[entry["name"]])
-        n = int((strings.notna() & ~strings.isin(entry["vocabulary"])).sum())
-        if n:
+        if encode == "onehot":
+            columns = [position[f] for f in outputs_of(spec, entry["name"])]
+            zero = ~matrix[:, columns].any(axis=1) if columns else np.ones(len(frame), dtype=bool)
+        else:
+            zero = matrix[:, position[entry["name"]]] == entry["oov_code"]
+        n = int(zero.sum()) - _missing_count(frame[entry["name"]])
+        if n > 0:
             unseen[entry["name"]] = n
     return unseen
+
+
+def _missing_count(values: pd.Series) -> int:
+    if pd.api.types.is_float_dtype(values.dtype):
+        return int((~np.isfinite(values.to_numpy(dtype=np.float64, na_value=np.nan))).sum())
+    return int(values.isna().sum())
 
 
 def preprocess_dataset(
@@ -273,9 +297,9 @@ def preprocess_dataset(
     salt = DEFAULT_SALT
 
     started = time.perf_counter()
-    curated = _read_curated(curated_uri, storage_options, list(dict.fromkeys([*features.all, label])))
+    curated, stored_bytes = _read_curated(curated_uri, storage_options, list(dict.fromkeys([*features.all, label])))
     _check_columns(curated, features, label, task, curated_uri)
-    parts = curated.to_delayed()
+    parts = _keep_in_memory_if_small(curated.to_delayed(), stored_bytes, client)
     plan = _split_plan(parts, label=label, task=task, split=split, salt=salt, client=client)
     codes_task = dask.delayed(split_codes, pure=True)
     codes = [codes_task(p, label=label, task=task, plan=plan) for p in parts]
@@ -329,8 +353,13 @@ def preprocess_dataset(
     done: Written = tree_reduce(_compute(writes, client), merge_written)
     written = done.rows
     transform_s = time.perf_counter() - started
+    kept = {e["name"]: len(e.get("vocabulary", [])) for e in spec["categorical"]}
     for name, n in sorted(done.unseen.items()):
-        log.warning("column %r: %d rows hold values the train split never had (or that fell outside its top categories); they encode as unseen", name, n)
+        distinct = len(fitted.counts.get(name, {}))
+        if distinct > kept[name]:  # expected: the vocabulary keeps only the most frequent values
+            log.info("column %r: %d rows encode as unseen (values outside its %d most frequent of %d in train, or new)", name, n, kept[name], distinct)
+        else:
+            log.warning("column %r: %d rows hold values the train split never had; they encode as unseen", name, n)
     if written != fitted.rows:
         raise RuntimeError(f"transform wrote {written} rows but the fit counted {fitted.rows}")
 
@@ -413,8 +442,28 @@ def _check_request(*, features: Features, kinds: Mapping[str, str], label: str, 
         raise DataError(f"regression needs a numeric label, but {label!r} is categorical in the contract")
 
 
-def _read_curated(curated_uri: str, storage_options: dict[str, Any], columns: list[str]) -> dd.DataFrame:
-    """Every curated file, checked for the columns preprocess needs.
+#: About how much bigger a partition is in memory (pandas, Arrow strings) than as Parquet.
+IN_MEMORY_FACTOR = 4
+#: The share of the cluster's memory limit the read partitions may take to be kept between passes.
+KEEP_SHARE = 0.25
+
+
+def _keep_in_memory_if_small(parts: list, stored_bytes: int, client: "Client | None") -> list:
+    """The partitions, read once and kept on the workers for both passes when they take
+    at most ``KEEP_SHARE`` of the cluster's memory limit (reading is a fifth of the work);
+    otherwise each pass reads them again, so data larger than memory streams through."""
+    if client is None:
+        return parts
+    workers = client.scheduler_info().get("workers", {}).values()
+    limit = sum(int(w.get("memory_limit") or 0) for w in workers)
+    if not limit or stored_bytes * IN_MEMORY_FACTOR > KEEP_SHARE * limit:
+        log.info("curated data (%.0f MB stored) is read once per pass: too big to keep in %.0f MB of workers", stored_bytes / 1e6, limit / 1e6)
+        return parts
+    return client.persist(parts)
+
+
+def _read_curated(curated_uri: str, storage_options: dict[str, Any], columns: list[str]) -> tuple[dd.DataFrame, int]:
+    """Every curated file, checked for the columns preprocess needs, and their stored size.
 
     All columns are read (the split hashes whole rows, so reruns split identically);
     day-partition folder names must not become columns. Files whose kept extra columns
@@ -423,7 +472,8 @@ def _read_curated(curated_uri: str, storage_options: dict[str, Any], columns: li
     import pyarrow.parquet as pq
 
     fs, root = fsspec.core.url_to_fs(curated_uri, **storage_options)
-    files = sorted(p for p in fs.find(root) if p.endswith(".parquet"))
+    found = fs.find(root, detail=True)
+    files = sorted(p for p in found if p.endswith(".parquet"))
     if not files:
         raise DataError(f"no curated Parquet files under {curated_uri}: run the ingest stage first")
     with fs.open(files[0]) as handle:
@@ -431,11 +481,12 @@ def _read_curated(curated_uri: str, storage_options: dict[str, Any], columns: li
     absent = [c for c in columns if c not in present]
     if absent:
         raise DataError(f"the curated data at {curated_uri} has no column {absent[0]!r} (columns: {', '.join(present)})")
-    return dd.read_parquet(
+    frame = dd.read_parquet(
         [fs.unstrip_protocol(p) for p in files],
         storage_options=storage_options,
         dataset={"partitioning": None},
     )
+    return frame, sum(int(found[p].get("size") or 0) for p in files)
 
 
 def _check_columns(curated: dd.DataFrame, features: Features, label: str, task: str, curated_uri: str) -> None:

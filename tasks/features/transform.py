@@ -297,6 +297,20 @@ def _plan(spec: Mapping[str, Any]) -> dict[str, list[tuple[str, str]]]:
     return plan
 
 
+def outputs_of(spec: Mapping[str, Any], column: str) -> list[str]:
+    """The model inputs an input column gives, in order."""
+    return [name for name, _ in _plan(normalized_spec(spec)).get(column, [])]
+
+
+def coded_columns(spec: Mapping[str, Any]) -> list[str]:
+    """Model inputs that hold small whole numbers (codes, one-hot flags, bins, date parts,
+    missing indicators) rather than scaled values: few distinct values, which Parquet's
+    dictionary encoding stores in a byte or two each."""
+    return [name for outs in _plan(normalized_spec(spec)).values() for name, what in outs if what != "value"] + [
+        e["name"] for e in normalized_spec(spec)["numeric"] if e.get("bins") is not None
+    ]
+
+
 def top_categories(counts: Mapping[str, int], k: int = DEFAULT_MAX_CATEGORIES) -> list[str]:
     """The ``k`` most frequent values, ties broken by the value, so a refit gives the same codes."""
     ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))

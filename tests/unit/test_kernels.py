@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from pandas.util import hash_pandas_object
 
 from tasks.features import kernels
 from tasks.features.kernels import (
@@ -28,7 +27,7 @@ from tasks.features.kernels import (
     one_pass_moments,
     uniforms,
 )
-from tasks.features.split import DEFAULT_SALT, _mix, _salt_hash, row_uniforms
+from tasks.features.split import DEFAULT_SALT, _mix, _salt_hash, row_hashes, row_uniforms
 from tasks.features.stats import column_moments
 
 REPO = Path(__file__).resolve().parents[2]
@@ -296,7 +295,7 @@ def test_mix64_is_the_split_mixer_bit_for_bit() -> None:
 def test_uniforms_are_the_split_uniforms() -> None:
     frame = pd.DataFrame({"a": np.arange(5000), "b": np.arange(5000) % 7 * 0.5})
     salt = int(_salt_hash(DEFAULT_SALT))
-    got = uniforms(hash_pandas_object(frame, index=False).to_numpy(np.uint64), salt=salt)
+    got = uniforms(row_hashes(frame), salt=salt)
     np.testing.assert_array_equal(got, row_uniforms(frame, DEFAULT_SALT))
     u = uniforms(_hashes())
     assert u.dtype == np.float64 and u.min() >= 0.0 and u.max() < 1.0

@@ -258,3 +258,31 @@ def test_misuse_says_what_to_do() -> None:
 
 def test_split_names_index_the_codes() -> None:
     assert [SPLITS[c] for c in (TRAIN, VALIDATION, TEST)] == ["train", "validation", "test"]
+
+
+def test_row_hashes_follow_values_not_storage() -> None:
+    n = 2000
+    rng = np.random.default_rng(4)
+    base = pd.DataFrame(
+        {
+            "x": rng.normal(size=n).astype(np.float32),
+            "k": rng.choice(["a", "b", None], n),
+            "i": rng.integers(0, 5, n),
+            "t": pd.Timestamp("2024-01-01") + pd.to_timedelta(rng.integers(0, 1000, n), unit="h"),
+        }
+    )
+    from tasks.features.split import row_hashes
+
+    same = base.assign(
+        x=base["x"].astype(np.float64),  # the same numbers, wider
+        k=base["k"].astype("category"),
+        i=base["i"].astype("Int64"),
+    )
+    np.testing.assert_array_equal(row_hashes(base), row_hashes(same))
+    np.testing.assert_array_equal(row_hashes(base.astype({"k": object})), row_hashes(base))
+    zeros = pd.DataFrame({"z": [0.0, -0.0, np.nan, None]})
+    hashes = row_hashes(zeros)
+    assert hashes[0] == hashes[1] and hashes[2] == hashes[3]
+    swapped = base[["k", "x", "i", "t"]]  # column order is part of the row
+    assert (row_hashes(swapped) != row_hashes(base)).mean() > 0.99
+    assert len(np.unique(row_hashes(base))) == len(base.drop_duplicates())
