@@ -64,7 +64,7 @@ from tasks.features.transform import (
     CLASSIFICATION_TASKS,
     apply_transform,
     build_spec,
-    category_strings,
+    category_codes,
     coded_columns,
     outputs_of,
     encode_labels,
@@ -119,7 +119,7 @@ def merge_partials(a: FitPartial, b: FitPartial) -> FitPartial:
 def drop_unlabelled(frame: pd.DataFrame, label: str, task: str) -> tuple[pd.DataFrame, int]:
     """Rows that have a label (a finite number for regression), and how many had none."""
     if task in CLASSIFICATION_TASKS:
-        keep = category_strings(frame[label]).notna().to_numpy()
+        keep = category_codes(frame[label])[0] >= 0
     else:
         keep = np.isfinite(numeric_values(frame[label], label))
     dropped = int(len(frame) - keep.sum())

@@ -21,7 +21,7 @@ import pandas as pd
 
 from tasks.features.arrays import get_array_module, is_device_array, to_numpy
 from tasks.features.kernels import one_pass_moments
-from tasks.features.transform import category_strings
+from tasks.features.transform import category_codes, category_strings
 
 T = TypeVar("T")
 
@@ -158,10 +158,16 @@ def category_counts(values: pd.Series) -> dict[str, int]:
             if n and isinstance(key, str):  # a non-finite float category counts as missing
                 merged[key] = merged.get(key, 0) + int(n)
         return merged
-    if not isinstance(values.dtype, pd.StringDtype):  # text is already its own string form
-        values = category_strings(values)
-    counts = values.value_counts(dropna=True)
-    return {str(k): int(n) for k, n in counts.items()}
+    if isinstance(values.dtype, pd.StringDtype):  # text is already its own string form
+        counts = values.value_counts(dropna=True)
+        return {str(k): int(n) for k, n in counts.items()}
+    codes, keys = category_codes(values)
+    tally = np.bincount(codes[codes >= 0], minlength=len(keys))
+    found: dict[str, int] = {}
+    for key, n in zip(keys, tally.tolist()):
+        if n and key is not None:
+            found[key] = found.get(key, 0) + int(n)
+    return found
 
 
 def merge_counts(a: Mapping[str, int], b: Mapping[str, int]) -> dict[str, int]:

@@ -68,6 +68,19 @@ def category_strings(values: pd.Series) -> pd.Series:
     return values.astype("string")
 
 
+def category_codes(values: pd.Series) -> tuple[np.ndarray, list[str | None]]:
+    """Each row's index among the column's distinct values (-1 where missing) and those
+    values' string forms (:func:`category_strings`): converting the few distinct values
+    instead of every row is what makes labels and counts cheap on big columns."""
+    codes, uniques = pd.factorize(values, use_na_sentinel=True)
+    keys = category_strings(pd.Series(uniques)).tolist() if len(uniques) else []
+    keys = [k if isinstance(k, str) else None for k in keys]  # a non-finite float is missing
+    if any(k is None for k in keys):
+        missing = np.array([k is None for k in keys] + [True])
+        codes = np.where(missing[codes], -1, codes)
+    return np.asarray(codes), keys
+
+
 def numeric_values(values: pd.Series, name: str | None = None) -> np.ndarray:
     """Float64 values of a numeric column; strings and objects (CSV text) are parsed.
 
@@ -539,17 +552,17 @@ def encode_labels(values: pd.Series, spec: Mapping[str, Any]) -> np.ndarray:
     if spec["task"] not in CLASSIFICATION_TASKS or classes is None:
         values_f = numeric_values(values, spec["label"])
         return np.where(np.isfinite(values_f), values_f, np.nan)
-    strings = category_strings(values)
-    positions = pd.Index(classes, dtype="string").get_indexer(strings)
-    missing = strings.isna().to_numpy()
-    unknown = (positions < 0) & ~missing
-    if unknown.any():
-        seen = sorted(set(strings[unknown].astype(str).tolist()))
+    codes, keys = category_codes(values)
+    lookup = pd.Index(classes, dtype="string").get_indexer(pd.Index(keys, dtype="string")) if keys else np.empty(0, np.intp)
+    unknown_keys = [k for k, at in zip(keys, lookup) if k is not None and at < 0]
+    if unknown_keys:
+        seen = sorted(set(unknown_keys))
         raise DataError(
             f"label {spec['label']!r} has values the model was not fitted with: {', '.join(seen[:5])}"
             f" (known classes: {', '.join(classes)})"
         )
-    return np.where(missing, np.nan, positions).astype(np.float64)
+    table = np.append(np.where(lookup >= 0, lookup, -1).astype(np.float64), np.nan)  # code -1 picks the trailing NaN
+    return table[codes]
 
 
 def decode_labels(codes: Iterable[Any], spec: Mapping[str, Any]) -> list:
