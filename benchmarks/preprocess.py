@@ -63,7 +63,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tasks.compute import dask_client  # noqa: E402
 from tasks.config import Features, SplitConfig  # noqa: E402
-from tasks.features.preprocess import LABEL_COLUMN, TRANSFORM_FILE, preprocess_dataset  # noqa: E402
+from tasks.features.partitions import LABEL_COLUMN  # noqa: E402
+from tasks.features.preprocess import TRANSFORM_FILE, preprocess_dataset  # noqa: E402
 from tasks.features.split import SPLITS, TRAIN, assign_splits  # noqa: E402
 from tasks.features.transform import DEFAULT_MAX_CATEGORIES, apply_transform  # noqa: E402
 

@@ -23,14 +23,11 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping
 
 import dask
-import dask.dataframe as dd
 import fsspec
-import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 from prefect import task
@@ -39,37 +36,22 @@ from prefect.cache_policies import NO_CACHE
 from tasks.aws.target import Target
 from tasks.config import SUPPORTED_TASKS, Features, PipelineConfig, SplitConfig
 from tasks.errors import ConfigError, DataError
-from tasks.features.split import (
-    DEFAULT_SALT,
-    SPLITS,
-    TRAIN,
-    PlanPartial,
-    SplitPlan,
-    assign_splits,
-    finish_plan,
-    merge_plan_partials,
-    needs_plan,
-    plan_partial,
+from tasks.features.partitions import (
+    LABEL_COLUMN,
+    Piece,
+    read_piece,
+    FitPartial,
+    Written,
+    fit_partition,
+    merge_partials,
+    merge_written,
+    plan_partition,
+    split_codes,
+    transform_partition,
 )
-from tasks.features.numeric import array_module, numeric_stats
-from tasks.features.sketch import QuantileSketch
-from tasks.features.stats import (
-    ColumnMoments,
-    category_counts,
-    merge_counts,
-    merge_moments,
-    tree_reduce,
-)
-from tasks.features.transform import (
-    CLASSIFICATION_TASKS,
-    apply_transform,
-    build_spec,
-    category_codes,
-    coded_columns,
-    outputs_of,
-    encode_labels,
-    numeric_values,
-)
+from tasks.features.split import DEFAULT_SALT, SPLITS, SplitPlan, finish_plan, merge_plan_partials, needs_plan
+from tasks.features.stats import tree_reduce
+from tasks.features.transform import CLASSIFICATION_TASKS, build_spec
 from tasks.layout import Layout
 
 if TYPE_CHECKING:
@@ -77,7 +59,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("updraft.preprocess")
 
-LABEL_COLUMN = "_label"
 TRANSFORM_FILE = "transform.json"
 
 
@@ -87,186 +68,6 @@ class PreprocessResult:
     features_uri: str
     transform_uri: str
     feature_names: list[str]
-
-
-@dataclass
-class FitPartial:
-    """What one partition (or a merged group of them) contributes to the fit."""
-
-    rows: dict[str, int]
-    unlabelled: int
-    moments: ColumnMoments
-    counts: dict[str, dict[str, int]]
-    labels: dict[str, int] = field(default_factory=dict)
-    log_moments: ColumnMoments | None = None
-    sketches: dict[str, QuantileSketch] = field(default_factory=dict)
-    infinite: dict[str, int] = field(default_factory=dict)
-
-
-def merge_partials(a: FitPartial, b: FitPartial) -> FitPartial:
-    return FitPartial(
-        rows={name: a.rows[name] + b.rows[name] for name in SPLITS},
-        unlabelled=a.unlabelled + b.unlabelled,
-        moments=merge_moments(a.moments, b.moments),
-        counts={col: merge_counts(a.counts[col], b.counts[col]) for col in a.counts},
-        labels=merge_counts(a.labels, b.labels),
-        log_moments=merge_moments(a.log_moments, b.log_moments) if a.log_moments is not None else None,
-        sketches={col: a.sketches[col].merge(b.sketches[col]) for col in a.sketches},
-        infinite=merge_counts(a.infinite, b.infinite),
-    )
-
-
-def drop_unlabelled(frame: pd.DataFrame, label: str, task: str) -> tuple[pd.DataFrame, int]:
-    """Rows that have a label (a finite number for regression), and how many had none."""
-    if task in CLASSIFICATION_TASKS:
-        keep = category_codes(frame[label])[0] >= 0
-    else:
-        keep = np.isfinite(numeric_values(frame[label], label))
-    dropped = int(len(frame) - keep.sum())
-    return (frame if dropped == 0 else frame[keep]), dropped
-
-
-def plan_partition(frame: pd.DataFrame, *, label: str, task: str, split: SplitConfig, salt: str) -> PlanPartial:
-    """The split-plan partial of one partition's labelled rows (stratified and time splits)."""
-    frame, _ = drop_unlabelled(frame, label, task)
-    return plan_partial(frame, split, label, salt=salt)
-
-
-def split_codes(frame: pd.DataFrame, *, label: str, task: str, plan: SplitPlan) -> np.ndarray:
-    """The split code of each labelled row of the partition (int8, one byte a row).
-
-    Computed once per partition and kept on the workers for the transform pass: hashing
-    every row is among the costliest steps, and the codes are small."""
-    frame, _ = drop_unlabelled(frame, label, task)
-    return assign_splits(frame, plan, label=label)
-
-
-def fit_partition(
-    frame: pd.DataFrame,
-    *,
-    features: Features,
-    label: str,
-    task: str,
-    plan: SplitPlan,
-    codes: np.ndarray | None = None,
-    device: str = "cpu",
-) -> FitPartial:
-    """The partials of one partition: statistics of its train rows, counts of all its labelled rows.
-
-    Only what the configured transforms need is computed: log moments for log1p columns,
-    quantile sketches for median, clipping and bins, value counts for vocabularies and
-    one-hot columns (hashed columns need none). ``device`` picks where the numeric
-    statistics run (:func:`tasks.features.numeric.array_module`).
-    """
-    frame, dropped = drop_unlabelled(frame, label, task)
-    if codes is None:
-        codes = assign_splits(frame, plan, label=label)
-    _check_codes(codes, frame)
-    train = frame[codes == TRAIN]
-    numeric = numeric_stats(train, features, array_module(device))
-    counted = [c for c in features.categorical if features.categorical_transform(c).encode != "hash"]
-    return FitPartial(
-        rows={name: int((codes == i).sum()) for i, name in enumerate(SPLITS)},
-        unlabelled=dropped,
-        moments=numeric.moments,
-        counts={c: category_counts(train[c]) for c in counted},
-        labels=category_counts(frame[label]) if task in CLASSIFICATION_TASKS else {},
-        log_moments=numeric.log_moments,
-        sketches=numeric.sketches,
-        infinite=numeric.infinite,
-    )
-
-
-@dataclass
-class Written:
-    """What one partition's transform wrote, and how many of its values the fit never saw."""
-
-    rows: dict[str, int]
-    unseen: dict[str, int] = field(default_factory=dict)
-
-
-def merge_written(a: Written, b: Written) -> Written:
-    return Written({k: a.rows[k] + b.rows[k] for k in SPLITS}, merge_counts(a.unseen, b.unseen))
-
-
-#: How feature files are written (benchmarks/output_format.py, 2M rows x 25 float32 + label):
-#: pyarrow's default dictionary-encodes every column, which costs most of the write time on
-#: scaled floats and saves nothing there (193 MB, 1.0 s); dictionary on the code columns and
-#: the label only gives 171 MB in 0.42 s, read back in 0.09 s. zstd would save 9% more for
-#: +0.24 s; snappy is read by every consumer (XGBoost via pyarrow, Spark, SageMaker's
-#: containers). One row group per file here (partitions are under 1Mi rows).
-PARQUET_OPTIONS: dict[str, Any] = {"compression": "snappy", "row_group_size": 1 << 20}
-
-
-def transform_partition(
-    frame: pd.DataFrame,
-    *,
-    part: int,
-    spec: Mapping[str, Any],
-    features_uri: str,
-    storage_options: Mapping[str, Any] | None,
-    plan: SplitPlan,
-    codes: np.ndarray | None = None,
-    device: str = "cpu",
-) -> Written:
-    """Encode one partition and write its rows of each split as ``<split>/part.NNNNN.parquet``."""
-    frame, _ = drop_unlabelled(frame, spec["label"], spec["task"])
-    if codes is None:
-        codes = assign_splits(frame, plan, label=spec["label"])
-    _check_codes(codes, frame)
-    matrix = apply_transform(frame, spec, xp=array_module(device))
-    labels = encode_labels(frame[spec["label"]], spec)
-    # Rows grouped by split once (a stable sort keeps their order within a split): each
-    # column is then gathered once and sliced, rather than filtered once per split.
-    order = np.argsort(codes, kind="stable")
-    bounds = np.searchsorted(codes[order], np.arange(len(SPLITS) + 1))
-    names = list(spec["feature_names"])
-    grouped = {fname: matrix[:, j].take(order) for j, fname in enumerate(names)}
-    grouped[LABEL_COLUMN] = labels.take(order)
-    options = {**PARQUET_OPTIONS, "use_dictionary": [*coded_columns(spec), LABEL_COLUMN]}
-    fs, root = fsspec.core.url_to_fs(features_uri, **(storage_options or {}))
-    root = root.rstrip("/")
-    written = {}
-    for i, name in enumerate(SPLITS):
-        start, stop = int(bounds[i]), int(bounds[i + 1])
-        written[name] = stop - start
-        if not written[name]:
-            continue
-        table = pa.table({fname: values[start:stop] for fname, values in grouped.items()})
-        with fs.open(f"{root}/{name}/part.{part:05d}.parquet", "wb") as out:
-            pq.write_table(table, out, **options)
-    return Written(written, _unseen(frame, spec, matrix))
-
-
-def _check_codes(codes: np.ndarray, frame: pd.DataFrame) -> None:
-    if len(codes) != len(frame):
-        raise RuntimeError(f"{len(codes)} split codes for a partition of {len(frame)} labelled rows: the data changed during preprocess")
-
-
-def _unseen(frame: pd.DataFrame, spec: Mapping[str, Any], matrix: np.ndarray) -> dict[str, int]:
-    """Per vocabulary or one-hot column, the rows that hold a value but got the unseen
-    encoding (code 0, or no one-hot column set): read off the encoded matrix."""
-    position = {name: j for j, name in enumerate(spec["feature_names"])}
-    unseen = {}
-    for entry in spec["categorical"]:
-        encode = entry.get("encode", "vocabulary")
-        if encode == "hash":
-            continue
-        if encode == "onehot":
-            columns = [position[f] for f in outputs_of(spec, entry["name"])]
-            zero = ~matrix[:, columns].any(axis=1) if columns else np.ones(len(frame), dtype=bool)
-        else:
-            zero = matrix[:, position[entry["name"]]] == entry["oov_code"]
-        n = int(zero.sum()) - _missing_count(frame[entry["name"]])
-        if n > 0:
-            unseen[entry["name"]] = n
-    return unseen
-
-
-def _missing_count(values: pd.Series) -> int:
-    if pd.api.types.is_float_dtype(values.dtype):
-        return int((~np.isfinite(values.to_numpy(dtype=np.float64, na_value=np.nan))).sum())
-    return int(values.isna().sum())
 
 
 def preprocess_dataset(
@@ -297,9 +98,10 @@ def preprocess_dataset(
     salt = DEFAULT_SALT
 
     started = time.perf_counter()
-    curated, stored_bytes = _read_curated(curated_uri, storage_options, list(dict.fromkeys([*features.all, label])))
-    _check_columns(curated, features, label, task, curated_uri)
-    parts = _keep_in_memory_if_small(curated.to_delayed(), stored_bytes, client)
+    pieces, schema, stored_bytes = _plan_reads(curated_uri, storage_options)
+    _check_columns(schema, features, label, task, curated_uri)
+    read = dask.delayed(read_piece, pure=True)
+    parts = _keep_in_memory_if_small([read(piece, storage_options) for piece in pieces], stored_bytes, client)
     plan = _split_plan(parts, label=label, task=task, split=split, salt=salt, client=client)
     codes_task = dask.delayed(split_codes, pure=True)
     codes = [codes_task(p, label=label, task=task, plan=plan) for p in parts]
@@ -462,41 +264,54 @@ def _keep_in_memory_if_small(parts: list, stored_bytes: int, client: "Client | N
     return client.persist(parts)
 
 
-def _read_curated(curated_uri: str, storage_options: dict[str, Any], columns: list[str]) -> tuple[dd.DataFrame, int]:
-    """Every curated file, checked for the columns preprocess needs, and their stored size.
+#: Row groups are gathered into one partition up to about this many bytes (uncompressed):
+#: small enough for workers with a tight memory limit, big enough to amortise a task.
+PARTITION_BYTES = 128 * 2**20
 
-    All columns are read (the split hashes whole rows, so reruns split identically);
-    day-partition folder names must not become columns. Files whose kept extra columns
+
+def _plan_reads(curated_uri: str, storage_options: dict[str, Any]) -> tuple[list[Piece], pa.Schema, int]:
+    """The partitions (row groups of each curated file, from the files' footers), the
+    first file's schema, and the stored size of all files.
+
+    Every column is read (the split hashes whole rows, so reruns split identically);
+    day-partition folder names do not become columns. Files whose kept extra columns
     differ (``extra_columns: keep`` over sparse JSON) are not supported here yet.
     """
-    import pyarrow.parquet as pq
-
     fs, root = fsspec.core.url_to_fs(curated_uri, **storage_options)
     found = fs.find(root, detail=True)
     files = sorted(p for p in found if p.endswith(".parquet"))
     if not files:
         raise DataError(f"no curated Parquet files under {curated_uri}: run the ingest stage first")
-    with fs.open(files[0]) as handle:
-        present = list(pq.read_schema(handle).names)
-    absent = [c for c in columns if c not in present]
-    if absent:
-        raise DataError(f"the curated data at {curated_uri} has no column {absent[0]!r} (columns: {', '.join(present)})")
-    frame = dd.read_parquet(
-        [fs.unstrip_protocol(p) for p in files],
-        storage_options=storage_options,
-        dataset={"partitioning": None},
-    )
-    return frame, sum(int(found[p].get("size") or 0) for p in files)
+    pieces: list[Piece] = []
+    schema = None
+    for path in files:
+        with fs.open(path, "rb") as handle:
+            meta = pq.ParquetFile(handle).metadata
+        if schema is None:
+            schema = meta.schema.to_arrow_schema()
+        group: list[int] = []
+        rows = size = 0
+        for i in range(meta.num_row_groups):
+            rg = meta.row_group(i)
+            if group and size + rg.total_byte_size > PARTITION_BYTES:
+                pieces.append(Piece(fs.unstrip_protocol(path), tuple(group), rows))
+                group, rows, size = [], 0, 0
+            group.append(i)
+            rows += rg.num_rows
+            size += rg.total_byte_size
+        if group or not pieces:
+            pieces.append(Piece(fs.unstrip_protocol(path), tuple(group), rows))
+    return pieces, schema, sum(int(found[p].get("size") or 0) for p in files)
 
 
-def _check_columns(curated: dd.DataFrame, features: Features, label: str, task: str, curated_uri: str) -> None:
-    columns = list(curated.columns)
+def _check_columns(schema: pa.Schema, features: Features, label: str, task: str, curated_uri: str) -> None:
+    columns = list(schema.names)
     absent = [c for c in (*features.all, label) if c not in columns]
     if absent:
         raise DataError(f"the curated data at {curated_uri} has no column {absent[0]!r} (columns: {', '.join(columns)})")
-    dtype = curated.dtypes[label]
-    if task == "regression" and (not pd.api.types.is_numeric_dtype(dtype) or pd.api.types.is_bool_dtype(dtype)):
-        raise DataError(f"regression needs a numeric label, but {label!r} has dtype {dtype}")
+    kind = schema.field(label).type
+    if task == "regression" and not (pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind)):
+        raise DataError(f"regression needs a numeric label, but {label!r} has dtype {kind}")
 
 
 def _compute(objects: list, client: "Client | None") -> list:

@@ -12,7 +12,8 @@ import pandas as pd
 
 from images.inference import serve
 from tasks.config import CategoricalTransform, Features, NumericTransform, SplitConfig
-from tasks.features.preprocess import LABEL_COLUMN, drop_unlabelled, preprocess_dataset
+from tasks.features.partitions import LABEL_COLUMN, drop_unlabelled
+from tasks.features.preprocess import preprocess_dataset
 from tasks.features.split import SPLITS, assign_splits
 from tasks.features.transform import apply_transform
 
