@@ -26,15 +26,6 @@ from tasks.features.stats import column_moments, empty_moments, merge_moments, t
 pytestmark = pytest.mark.gpu
 
 
-@pytest.fixture(autouse=True)
-def _device() -> None:
-    try:
-        if cupy.cuda.runtime.getDeviceCount() < 1:
-            pytest.skip("no CUDA device")
-    except cupy.cuda.runtime.CUDARuntimeError:
-        pytest.skip("no CUDA device")
-
-
 def _block(dtype: type = np.float64, n: int = 20_000) -> np.ndarray:
     rng = np.random.default_rng(0)
     block = np.column_stack(

@@ -14,15 +14,6 @@ from tests.unit.test_feature_devices import FEATURES, _frame  # noqa: E402
 pytestmark = pytest.mark.gpu
 
 
-@pytest.fixture(autouse=True)
-def _device() -> None:
-    try:
-        if cupy.cuda.runtime.getDeviceCount() < 1:
-            pytest.skip("no CUDA device")
-    except cupy.cuda.runtime.CUDARuntimeError:
-        pytest.skip("no CUDA device")
-
-
 @pytest.mark.parametrize("rows", [0, 1, 1000, 250_003])
 def test_device_statistics_equal_host_statistics(rows: int) -> None:
     train = _frame(rows)
