@@ -28,13 +28,10 @@ import dask
 import fsspec
 import numpy as np
 import pandera.pandas as pa
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
-from tasks.aws.target import Target
-from tasks.config import IngestConfig, PipelineConfig
-from tasks.contracts import column_kinds, load_contract, without_uniqueness
-from tasks.errors import ContractError, DataError, UpdraftError
+from tasks.config import IngestConfig
+from tasks.contracts import column_kinds, without_uniqueness
+from tasks.errors import ContractError, DataError
 from tasks.ingest.commit import Journal, commit_run, recover
 from tasks.ingest.manifest import (
     INGESTED,
@@ -737,45 +734,12 @@ def require_curated(fs: Any, curated_uri: str, *, then: str = "run the ingest st
     return curated_uri
 
 
-def _retry_unless_user_error(task: Any, task_run: Any, state: Any) -> bool:
-    """Retry outages (S3 hiccups past botocore's retries, a lost worker), not problems only the user can fix."""
-    try:
-        state.result()
-    except UpdraftError:
-        return False
-    except BaseException:
-        return True
-    return True
+def __getattr__(name: str) -> Any:
+    """``ingest_stage`` (the Prefect task) is loaded on first use: Dask workers import this
+    package for its block functions, and Prefect would cost each of them about 80 MB and a
+    second and a half of CPU for a task they never run."""
+    if name == "ingest_stage":
+        from tasks.ingest.stage import ingest_stage
 
-
-@task(
-    name="ingest",
-    cache_policy=NO_CACHE,
-    retries=2,
-    retry_delay_seconds=10,
-    retry_condition_fn=_retry_unless_user_error,
-)
-def ingest_stage(config: PipelineConfig, target: Target, run_id: str, client: Any = None) -> IngestResult:
-    """Prefect task: the source's new and changed files into ``curated/<dataset>/`` and
-    ``quarantine/<run_id>/``, recorded in the dataset's manifest.
-
-    Safe to retry: nothing is visible before the commit, and a retry finishes or redoes it.
-    """
-    target.check_bucket(config.bucket)
-    fs = target.filesystem()
-    schema = load_contract(config.contract, fs)
-    layout = Layout(config.bucket, config.name)
-    objects = _without_pipeline_outputs(list_source_objects(fs, config.source_uri), layout, config.source_uri)
-    log.info("ingesting from %d files under %s", len(objects), config.source_uri)
-    return ingest_dataset(
-        objects=objects,
-        schema=schema,
-        curated_uri=layout.curated(),
-        quarantine_uri=layout.quarantine(run_id),
-        storage_options=target.storage_options(),
-        client=client,
-        manifest_uri=layout.manifest(),
-        staging_uri=layout.staging(),
-        run_id=run_id,
-        settings=config.ingest,
-    )
+        return ingest_stage
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,59 @@
+"""The ingest stage as a Prefect task, kept out of ``tasks.ingest`` so workers never import Prefect."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from tasks.aws.target import Target
+from tasks.config import PipelineConfig
+from tasks.contracts import load_contract
+from tasks.errors import UpdraftError
+from tasks.ingest import IngestResult, _without_pipeline_outputs, ingest_dataset, list_source_objects, log
+from tasks.layout import Layout
+
+
+def _retry_unless_user_error(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry outages (S3 hiccups past botocore's retries, a lost worker), not problems only the user can fix."""
+    try:
+        state.result()
+    except UpdraftError:
+        return False
+    except BaseException:
+        return True
+    return True
+
+
+@task(
+    name="ingest",
+    cache_policy=NO_CACHE,
+    retries=2,
+    retry_delay_seconds=10,
+    retry_condition_fn=_retry_unless_user_error,
+)
+def ingest_stage(config: PipelineConfig, target: Target, run_id: str, client: Any = None) -> IngestResult:
+    """Prefect task: the source's new and changed files into ``curated/<dataset>/`` and
+    ``quarantine/<run_id>/``, recorded in the dataset's manifest.
+
+    Safe to retry: nothing is visible before the commit, and a retry finishes or redoes it.
+    """
+    target.check_bucket(config.bucket)
+    fs = target.filesystem()
+    schema = load_contract(config.contract, fs)
+    layout = Layout(config.bucket, config.name)
+    objects = _without_pipeline_outputs(list_source_objects(fs, config.source_uri), layout, config.source_uri)
+    log.info("ingesting from %d files under %s", len(objects), config.source_uri)
+    return ingest_dataset(
+        objects=objects,
+        schema=schema,
+        curated_uri=layout.curated(),
+        quarantine_uri=layout.quarantine(run_id),
+        storage_options=target.storage_options(),
+        client=client,
+        manifest_uri=layout.manifest(),
+        staging_uri=layout.staging(),
+        run_id=run_id,
+        settings=config.ingest,
+    )
