@@ -150,12 +150,81 @@ SPLIT_COLUMN_METHODS: tuple[str, ...] = ("time", "group")
 STRATIFIABLE_TASKS: tuple[str, ...] = ("binary_classification", "multiclass_classification")
 
 
+#: Where training runs: the training container (SageMaker job, or a local process), or
+#: ``xgboost.dask`` on the preprocess Dask cluster for data too large for one instance.
+TRAIN_BACKENDS: tuple[str, ...] = ("container", "dask")
+#: SageMaker framework images a bring-your-own script can run in on ``aws``.
+FRAMEWORKS: tuple[str, ...] = ("pytorch", "sklearn", "xgboost")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
+    """How the model is trained.
+
+    ``spot``: managed spot training; ``max_wait_s`` (default twice ``max_runtime_s``) bounds
+    the wait for spot capacity plus the run, and checkpoints let an interrupted job resume.
+    ``entry_point``: the user's own training script (a path next to the config, or inside
+    ``source_dir``) run under the same container contract; on ``aws`` it runs in the
+    SageMaker ``framework`` image of ``framework_version``.
+    """
+
     hyperparameters: Mapping[str, Any] = field(default_factory=dict)
     instance_type: str = "ml.m5.xlarge"
     instance_count: int = 1
     max_runtime_s: int = 3600
+    volume_size_gb: int = 30
+    spot: bool = False
+    max_wait_s: int = 0
+    network_isolation: bool = False
+    backend: str = "container"
+    entry_point: str | None = None
+    source_dir: str | None = None
+    framework: str | None = None
+    framework_version: str | None = None
+    tags: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def effective_max_wait_s(self) -> int:
+        return self.max_wait_s or 2 * self.max_runtime_s
+
+
+#: Kinds of hyperparameter range, as SageMaker's ``ParameterRanges`` names them.
+RANGE_TYPES: tuple[str, ...] = ("continuous", "integer", "categorical")
+RANGE_SCALINGS: tuple[str, ...] = ("auto", "linear", "log", "reverse_log")
+TUNE_STRATEGIES: tuple[str, ...] = ("bayesian", "random")
+
+
+@dataclass(frozen=True)
+class HyperparameterRange:
+    """One searched hyperparameter: ``min``..``max`` (continuous, integer) or ``values`` (categorical)."""
+
+    name: str
+    type: str
+    min: float | None = None
+    max: float | None = None
+    scaling: str = "auto"
+    values: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """Hyperparameter search: off unless ``ranges`` names at least one hyperparameter.
+
+    ``objective`` is a metric the entry point prints (``validation:<metric>``; default the
+    task's main metric); whether to maximise it follows from the metric. The same space is
+    searched by a SageMaker tuning job on ``aws`` and by Optuna with parallel local trials
+    elsewhere; the best trial's model continues down the pipeline.
+    """
+
+    ranges: tuple[HyperparameterRange, ...] = ()
+    max_trials: int = 10
+    max_parallel: int = 2
+    objective: str | None = None
+    strategy: str = "bayesian"
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.ranges)
 
 
 @dataclass(frozen=True)
@@ -174,10 +243,19 @@ class DeployConfig:
 
 @dataclass(frozen=True)
 class AwsConfig:
+    """Settings only the ``aws`` target reads: who runs the jobs, which images, and where they may reach.
+
+    ``kms_key_id`` encrypts training volumes and outputs; ``subnets`` and
+    ``security_group_ids`` put jobs in the customer's VPC (both or neither).
+    """
+
     region: str | None = None
     role_arn: str | None = None
     training_image: str | None = None
     inference_image: str | None = None
+    kms_key_id: str | None = None
+    subnets: tuple[str, ...] = ()
+    security_group_ids: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -224,8 +302,11 @@ class PipelineConfig:
     label: str
     task: str
     features: Features | None = None
+    #: The query (or session, or entity) column whose rows a ranking model orders together.
+    group: str | None = None
     split: SplitConfig = SplitConfig()
     train: TrainConfig = TrainConfig()
+    tune: TuneConfig = TuneConfig()
     gate: GateConfig = GateConfig()
     deploy: DeployConfig = DeployConfig()
     aws: AwsConfig = AwsConfig()
@@ -247,6 +328,7 @@ class PipelineConfig:
 _SECTIONS: dict[str, type] = {
     "split": SplitConfig,
     "train": TrainConfig,
+    "tune": TuneConfig,
     "gate": GateConfig,
     "deploy": DeployConfig,
     "aws": AwsConfig,
@@ -254,7 +336,7 @@ _SECTIONS: dict[str, type] = {
     "ingest": IngestConfig,
 }
 _REQUIRED = ("name", "bucket", "source", "contract", "label", "task")
-_TOP_KEYS = set(_REQUIRED) | {"features"} | set(_SECTIONS)
+_TOP_KEYS = set(_REQUIRED) | {"features", "group"} | set(_SECTIONS)
 
 
 def load_config(path: str | os.PathLike[str]) -> PipelineConfig:
@@ -307,9 +389,33 @@ def parse_config(raw: Any, *, base_dir: Path | None = None, origin: str = "confi
             contract_path = base_dir / contract_path
         contract = str(contract_path)
 
+    group = raw.get("group")
+    if group is not None and (not isinstance(group, str) or not group):
+        raise ConfigError(f"{origin}: 'group' must name a column (the query or entity id), got {group!r}")
+    if task == "ranking" and group is None:
+        raise ConfigError(
+            f"{origin}: task ranking needs 'group': the column whose rows are ranked together (a query or session id)"
+        )
+    if group is not None and task != "ranking":
+        raise ConfigError(f"{origin}: 'group' is only for task ranking; for a grouped split use split.column")
+    if group is not None and group == raw["label"]:
+        raise ConfigError(f"{origin}: 'group' {group!r} is the label; name the query column")
+    raw_tune = raw.get("tune")
+    tune_ranges = None
+    if isinstance(raw_tune, dict) and "ranges" in raw_tune:
+        raw_tune = dict(raw_tune)
+        tune_ranges = _parse_ranges(raw_tune.pop("ranges"), origin)
     sections = {
-        key: _parse_section(key, raw.get(key), cls, origin) for key, cls in _SECTIONS.items()
+        key: _parse_section(key, raw_tune if key == "tune" else raw.get(key), cls, origin)
+        for key, cls in _SECTIONS.items()
     }
+    if tune_ranges is not None:
+        sections["tune"] = dataclasses.replace(sections["tune"], ranges=tune_ranges)
+    sections["train"] = _check_train(sections["train"], sections["tune"], sections["aws"], base_dir, origin)
+    raw_split = raw.get("split") if isinstance(raw.get("split"), dict) else {}
+    if task == "ranking" and "method" not in raw_split:
+        # A query's rows are ranked against each other: they must stay in one split.
+        sections["split"] = dataclasses.replace(sections["split"], method="group", column=group)
     dask_cfg: DaskConfig = sections["dask"]
     if dask_cfg.device not in DEVICES:
         raise ConfigError(f"{origin}: dask.device {dask_cfg.device!r} must be one of {', '.join(DEVICES)}")
@@ -351,6 +457,7 @@ def parse_config(raw: Any, *, base_dir: Path | None = None, origin: str = "confi
         label=raw["label"],
         task=task,
         features=_parse_features(raw.get("features"), origin),
+        group=group,
         **sections,
     )
 
@@ -508,9 +615,102 @@ def _parse_section(key: str, raw: Any, cls: type, origin: str) -> Any:
             ok = isinstance(value, int) and not isinstance(value, bool)
         elif isinstance(default, Mapping):
             ok = isinstance(value, dict)
+        elif isinstance(default, tuple):
+            ok = isinstance(value, list) and all(isinstance(v, str) and v for v in value)
+            value = tuple(value) if ok else value
         else:  # optional strings
             ok = value is None or isinstance(value, str)
         if not ok:
             raise ConfigError(f"{origin}: '{key}.{name}' has the wrong type ({value!r})")
         values[name] = value
     return cls(**values)
+
+
+def _parse_ranges(raw: Any, origin: str) -> tuple[HyperparameterRange, ...]:
+    """``tune.ranges``: ``{name: {type, min, max, scaling} | {type: categorical, values}}``."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{origin}: tune.ranges must map hyperparameter names to ranges")
+    ranges = []
+    for name, spec in raw.items():
+        where = f"tune.ranges.{name}"
+        if not isinstance(spec, dict):
+            raise ConfigError(f"{origin}: {where} must be a mapping with 'type' and 'min'/'max' or 'values'")
+        unknown = sorted(set(spec) - {"type", "min", "max", "scaling", "values"})
+        if unknown:
+            raise ConfigError(f"{origin}: unknown key '{where}.{unknown[0]}' (known: max, min, scaling, type, values)")
+        kind = spec.get("type")
+        if kind not in RANGE_TYPES:
+            raise ConfigError(f"{origin}: {where}.type {kind!r} must be one of {', '.join(RANGE_TYPES)}")
+        if kind == "categorical":
+            values = spec.get("values")
+            if not isinstance(values, list) or not values or set(spec) - {"type", "values"}:
+                raise ConfigError(f"{origin}: {where} (categorical) needs a non-empty 'values' list and nothing else")
+            ranges.append(HyperparameterRange(name=str(name), type=kind, values=tuple(str(v) for v in values)))
+            continue
+        low, high = spec.get("min"), spec.get("max")
+        for key, value in (("min", low), ("max", high)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"{origin}: {where}.{key} must be a number, got {value!r}")
+            if kind == "integer" and float(value) != int(value):
+                raise ConfigError(f"{origin}: {where}.{key} must be a whole number for an integer range")
+        if not low < high:
+            raise ConfigError(f"{origin}: {where} needs min < max, got {low} and {high}")
+        scaling = spec.get("scaling", "auto")
+        if scaling not in RANGE_SCALINGS:
+            raise ConfigError(f"{origin}: {where}.scaling {scaling!r} must be one of {', '.join(RANGE_SCALINGS)}")
+        if scaling == "log" and low <= 0:
+            raise ConfigError(f"{origin}: {where}: log scaling needs min > 0")
+        if scaling == "reverse_log" and not (0 <= low and high < 1):
+            raise ConfigError(f"{origin}: {where}: reverse_log scaling needs 0 <= min and max < 1")
+        if "values" in spec:
+            raise ConfigError(f"{origin}: {where}.values is only for categorical ranges")
+        ranges.append(HyperparameterRange(name=str(name), type=kind, min=float(low), max=float(high), scaling=scaling))
+    return tuple(ranges)
+
+
+def _check_train(train: TrainConfig, tune: TuneConfig, aws: AwsConfig, base_dir: Path | None, origin: str) -> TrainConfig:
+    """Cross-field rules of ``train``, ``tune`` and ``aws``; resolves ``entry_point``/``source_dir`` next to the config."""
+    if train.instance_count < 1 or train.max_runtime_s < 1 or train.volume_size_gb < 1:
+        raise ConfigError(f"{origin}: train.instance_count, max_runtime_s and volume_size_gb must be positive")
+    if train.max_wait_s and not train.spot:
+        raise ConfigError(f"{origin}: train.max_wait_s only applies with train.spot: true")
+    if train.spot and train.effective_max_wait_s < train.max_runtime_s:
+        raise ConfigError(
+            f"{origin}: train.max_wait_s ({train.max_wait_s}) must be at least train.max_runtime_s ({train.max_runtime_s}): "
+            "it counts the wait for spot capacity plus the run"
+        )
+    if train.backend not in TRAIN_BACKENDS:
+        raise ConfigError(f"{origin}: train.backend {train.backend!r} must be one of {', '.join(TRAIN_BACKENDS)}")
+    if train.framework is not None and train.framework not in FRAMEWORKS:
+        raise ConfigError(f"{origin}: train.framework {train.framework!r} must be one of {', '.join(FRAMEWORKS)}")
+    if (train.framework or train.framework_version or train.source_dir) and not train.entry_point:
+        raise ConfigError(
+            f"{origin}: train.framework, framework_version and source_dir are for your own script: set train.entry_point"
+        )
+    if train.entry_point and train.backend != "container":
+        raise ConfigError(f"{origin}: train.entry_point runs in the training container; remove train.backend: {train.backend}")
+    for key, value in train.tags.items():
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{origin}: train.tags.{key} must be a string or number")
+    if bool(aws.subnets) != bool(aws.security_group_ids):
+        raise ConfigError(f"{origin}: aws.subnets and aws.security_group_ids go together (a job's VPC config needs both)")
+    if tune.max_trials < 1 or tune.max_parallel < 1:
+        raise ConfigError(f"{origin}: tune.max_trials and tune.max_parallel must be at least 1")
+    if tune.strategy not in TUNE_STRATEGIES:
+        raise ConfigError(f"{origin}: tune.strategy {tune.strategy!r} must be one of {', '.join(TUNE_STRATEGIES)}")
+    if tune.objective is not None and not re.match(r"^(train|validation):[\w.@-]+$", tune.objective):
+        raise ConfigError(f"{origin}: tune.objective {tune.objective!r} must look like validation:<metric>")
+    if tune.enabled and train.backend != "container":
+        raise ConfigError(f"{origin}: tune searches with training-container jobs; remove train.backend: {train.backend}")
+
+    def resolve(value: str | None) -> str | None:
+        if value is None or value.startswith("s3://") or base_dir is None:
+            return value
+        path = Path(value).expanduser()
+        return str(path if path.is_absolute() else base_dir / path)
+
+    source_dir = resolve(train.source_dir)
+    entry_point = train.entry_point
+    if entry_point and source_dir is None:
+        entry_point = resolve(entry_point)
+    return dataclasses.replace(train, entry_point=entry_point, source_dir=source_dir)
