@@ -714,3 +714,13 @@ def _check_train(train: TrainConfig, tune: TuneConfig, aws: AwsConfig, base_dir:
     if entry_point and source_dir is None:
         entry_point = resolve(entry_point)
     return dataclasses.replace(train, entry_point=entry_point, source_dir=source_dir)
+
+
+#: Metrics where larger is better (the rest, losses and errors, are minimised).
+_MAXIMIZED_METRIC = re.compile(r"^(auc|aucpr|roc_auc|pr_auc|accuracy|f1|precision|recall|ndcg|map|pre|r2)([@_].*)?$")
+
+
+def metric_is_maximized(name: str) -> bool:
+    """Whether a larger value of ``name`` (``validation:auc``, ``ndcg@10``, ``rmse``...) is better."""
+    metric = name.rsplit(":", 1)[-1].lower()
+    return bool(_MAXIMIZED_METRIC.match(metric))
