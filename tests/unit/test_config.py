@@ -147,3 +147,115 @@ def test_split_method_and_column_are_read(tmp_path: Path, split: dict, expected:
 def test_split_mistakes_name_the_key(tmp_path: Path, task: str, split: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_config(write(tmp_path, dict(BASE, task=task, split=split)))
+
+
+# --- training, tuning, aws and ranking settings (issue 5) ---------------------------------
+
+
+def test_training_settings_are_typed_and_entry_point_resolves_next_to_the_config(tmp_path: Path) -> None:
+    data = dict(
+        BASE,
+        train={
+            "spot": True,
+            "max_runtime_s": 600,
+            "volume_size_gb": 50,
+            "network_isolation": True,
+            "entry_point": "scripts/train.py",
+            "framework": "pytorch",
+            "framework_version": "2.5",
+            "tags": {"team": "fraud", "cost-center": 42},
+        },
+        aws={"kms_key_id": "alias/updraft", "subnets": ["subnet-1", "subnet-2"], "security_group_ids": ["sg-1"]},
+    )
+    cfg = load_config(write(tmp_path, data))
+    assert cfg.train.spot and cfg.train.effective_max_wait_s == 1200
+    assert cfg.train.entry_point == str(tmp_path / "scripts" / "train.py")
+    assert cfg.train.framework == "pytorch" and cfg.train.volume_size_gb == 50
+    assert cfg.aws.subnets == ("subnet-1", "subnet-2") and cfg.aws.security_group_ids == ("sg-1",)
+
+
+@pytest.mark.parametrize(
+    ("train", "aws", "message"),
+    [
+        ({"max_wait_s": 100}, {}, "max_wait_s only applies with train.spot"),
+        ({"spot": True, "max_runtime_s": 600, "max_wait_s": 300}, {}, "must be at least train.max_runtime_s"),
+        ({"backend": "spark"}, {}, "train.backend 'spark' must be one of container, dask"),
+        ({"framework": "pytorch"}, {}, "set train.entry_point"),
+        ({"framework": "tensorflow", "entry_point": "t.py"}, {}, "train.framework 'tensorflow'"),
+        ({"entry_point": "t.py", "backend": "dask"}, {}, "remove train.backend"),
+        ({}, {"subnets": ["subnet-1"]}, "aws.subnets and aws.security_group_ids go together"),
+        ({}, {"subnets": "subnet-1", "security_group_ids": ["sg"]}, "'aws.subnets' has the wrong type"),
+    ],
+)
+def test_training_settings_that_cannot_work_are_refused(tmp_path: Path, train: dict, aws: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, dict(BASE, train=train, aws=aws)))
+
+
+def test_tune_ranges_are_parsed_and_the_search_is_off_without_them(tmp_path: Path) -> None:
+    assert not load_config(write(tmp_path, BASE)).tune.enabled
+    data = dict(
+        BASE,
+        tune={
+            "ranges": {
+                "eta": {"type": "continuous", "min": 0.01, "max": 0.3, "scaling": "log"},
+                "max_depth": {"type": "integer", "min": 2, "max": 8},
+                "grow_policy": {"type": "categorical", "values": ["depthwise", "lossguide"]},
+            },
+            "max_trials": 8,
+            "max_parallel": 2,
+            "objective": "validation:auc",
+        },
+    )
+    tune = load_config(write(tmp_path, data)).tune
+    assert tune.enabled and tune.max_trials == 8 and tune.objective == "validation:auc"
+    by_name = {r.name: r for r in tune.ranges}
+    assert (by_name["eta"].min, by_name["eta"].max, by_name["eta"].scaling) == (0.01, 0.3, "log")
+    assert by_name["max_depth"].type == "integer"
+    assert by_name["grow_policy"].values == ("depthwise", "lossguide")
+
+
+@pytest.mark.parametrize(
+    ("ranges", "message"),
+    [
+        ({"eta": {"type": "continuous", "min": 0.3, "max": 0.1}}, "needs min < max"),
+        ({"eta": {"type": "uniform", "min": 0, "max": 1}}, "tune.ranges.eta.type 'uniform'"),
+        ({"eta": {"type": "continuous", "min": 0, "max": 1, "scaling": "log"}}, "log scaling needs min > 0"),
+        ({"depth": {"type": "integer", "min": 1.5, "max": 4}}, "must be a whole number"),
+        ({"policy": {"type": "categorical", "values": []}}, "non-empty 'values'"),
+        ({"eta": {"type": "continuous", "min": 0, "max": 1, "step": 0.1}}, "unknown key 'tune.ranges.eta.step'"),
+    ],
+)
+def test_bad_tune_ranges_name_the_range(tmp_path: Path, ranges: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, dict(BASE, tune={"ranges": ranges})))
+
+
+def test_bad_tune_objective_and_strategy_are_refused(tmp_path: Path) -> None:
+    ranges = {"eta": {"type": "continuous", "min": 0.01, "max": 0.3}}
+    with pytest.raises(ConfigError, match="must look like validation:<metric>"):
+        load_config(write(tmp_path, dict(BASE, tune={"ranges": ranges, "objective": "auc"})))
+    with pytest.raises(ConfigError, match="tune.strategy 'grid'"):
+        load_config(write(tmp_path, dict(BASE, tune={"ranges": ranges, "strategy": "grid"})))
+
+
+def test_ranking_needs_a_group_column_and_splits_by_it(tmp_path: Path) -> None:
+    ranking = dict(BASE, task="ranking", label="relevance")
+    with pytest.raises(ConfigError, match="task ranking needs 'group'"):
+        load_config(write(tmp_path, ranking))
+    cfg = load_config(write(tmp_path, dict(ranking, group="query_id")))
+    assert cfg.group == "query_id"
+    assert (cfg.split.method, cfg.split.column) == ("group", "query_id")
+    explicit = load_config(write(tmp_path, dict(ranking, group="query_id", split={"method": "time", "column": "ts"})))
+    assert explicit.split.method == "time"
+    with pytest.raises(ConfigError, match="'group' is only for task ranking"):
+        load_config(write(tmp_path, dict(BASE, group="query_id")))
+
+
+def test_metric_direction_for_tuning_objectives() -> None:
+    from tasks.config import metric_is_maximized
+
+    for name in ("validation:auc", "validation:ndcg@10", "validation:map@10", "validation:roc_auc", "validation:aucpr"):
+        assert metric_is_maximized(name), name
+    for name in ("validation:rmse", "validation:logloss", "validation:mlogloss", "validation:error", "validation:mae"):
+        assert not metric_is_maximized(name), name
