@@ -450,12 +450,13 @@ def up(
         )
         typer.echo("  Ctrl-C stops it; its state lives in memory and goes with it.", err=True)
         stop = threading.Event()
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        # Both signals only set the event: a KeyboardInterrupt raised wherever the main
+        # thread happens to be (inside a lock, mid-log) could leave the server half stopped.
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: stop.set())
         try:
             while not stop.wait(0.5):
                 pass
-        except KeyboardInterrupt:
-            pass
         finally:
             aws.stop()
             typer.echo("updraft: embedded AWS endpoint stopped", err=True)
