@@ -136,7 +136,9 @@ def resolve_features(schema: pa.DataFrameSchema, config: PipelineConfig) -> Feat
         )
     chosen = config.features
     if chosen is None or not chosen.all:
-        by_kind = {kind: tuple(n for n in names if n != config.label and kinds[n] == kind) for kind in ("numeric", "categorical", "datetime")}
+        # A ranking query id says which rows are ranked together; it is a feature only when listed.
+        not_features = {config.label, config.group}
+        by_kind = {kind: tuple(n for n in names if n not in not_features and kinds[n] == kind) for kind in ("numeric", "categorical", "datetime")}
         if not any(by_kind.values()):
             raise ContractError(
                 f"the contract {config.contract} has no column besides the label {config.label!r} "

@@ -5,6 +5,12 @@ model and a shallow tree already achieve on the same test rows; a metric on its 
 ("AUC 0.83") says nothing about whether the trees earned their keep. The decision is
 direction-aware (RMSE falls, AUC and F1 rise) and comes with a sentence saying why, so
 the report and the registry can show it to a person.
+
+Ranking is judged per query (NDCG@10 averaged over the test queries, against a random
+order and the best single feature; the bootstrap resamples queries). Anomaly detection is
+judged against the labels where the data has them (ROC-AUC of the anomaly score, against
+z-score and IQR outlier rules and a random score); without labels it cannot be judged, and
+the gate says so rather than pass a model nobody checked. See docs/design.md (the evaluate stage).
 """
 
 from __future__ import annotations
@@ -30,6 +36,12 @@ from tasks.layout import Layout
 log = logging.getLogger("updraft.evaluate")
 
 LABEL_COLUMN = "_label"
+#: The ranking query id column preprocess writes (``tasks.features.partitions.GROUP_COLUMN``).
+GROUP_COLUMN = "_group"
+#: Ranking metrics look at the top this many rows of each query.
+RANKING_K = 10
+#: Columns of a split that are never model inputs.
+_NOT_FEATURES = (LABEL_COLUMN, GROUP_COLUMN)
 
 #: Resamples for the bootstrap interval of the model's main metric.
 N_BOOTSTRAP = 400
@@ -40,6 +52,10 @@ MAX_SCATTER_POINTS = 500
 #: Linear and depth-3 tree baselines stop improving long before this many rows; the cap
 #: keeps evaluation to seconds on big splits. The test split is never subsampled.
 MAX_BASELINE_TRAIN_ROWS = 500_000
+#: Ranking's best single feature is chosen on at most this many train rows (whole queries):
+#: picking one of a few dozen orders needs far fewer rows than fitting a model, and each
+#: try is a sort (30 features on 500,000 rows: 4 s; on this many: under 1 s).
+MAX_FEATURE_CHOICE_ROWS = 100_000
 #: Bootstrap counts are drawn in blocks of about this many cells (8 MB as float64): small
 #: enough to stay in cache and to bound memory on big test splits.
 _BOOTSTRAP_BLOCK_CELLS = 1_000_000
@@ -64,7 +80,11 @@ _MAIN_METRICS = {
     "binary_classification": _Metric("roc_auc", "ROC-AUC", True),
     "multiclass_classification": _Metric("macro_f1", "macro-F1", True),
     "regression": _Metric("rmse", "RMSE", False),
+    "ranking": _Metric(f"ndcg@{RANKING_K}", f"NDCG@{RANKING_K}", True),
+    "anomaly_detection": _Metric("roc_auc", "ROC-AUC", True),
 }
+#: How the report names secondary metrics that are not main metrics of a task.
+_OTHER_LABELS = {f"map@{RANKING_K}": f"MAP@{RANKING_K}", "precision_at_k": "precision@k"}
 
 
 def metric_label(name: str) -> str:
@@ -72,7 +92,7 @@ def metric_label(name: str) -> str:
     for metric in _MAIN_METRICS.values():
         if metric.name == name:
             return metric.label
-    return name
+    return _OTHER_LABELS.get(name, name)
 
 
 @dataclass
@@ -100,8 +120,20 @@ class EvaluationResult:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "EvaluationResult":
-        """Rebuild a result from ``evaluation.json`` (or a run summary's ``evaluate`` entry)."""
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+        """Rebuild a result from ``evaluation.json`` (or a run summary's ``evaluate`` entry).
+
+        A metric stored as null (undefined: an anomaly detector judged without labels) reads
+        back as NaN, so code that formats the numbers never meets None."""
+        values = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        for key in ("model", "lift", "min_lift"):
+            if key in values and values[key] is None:
+                values[key] = math.nan
+        if isinstance(values.get("model_ci"), list):
+            values["model_ci"] = [math.nan if v is None else v for v in values["model_ci"]]
+        for key in ("baselines", "secondary"):
+            if isinstance(values.get(key), dict):
+                values[key] = {k: math.nan if v is None else v for k, v in values[key].items()}
+        return cls(**values)
 
 
 # --------------------------------------------------------------------------------------
@@ -308,10 +340,13 @@ def evaluate_model(
     seed: int = 0,
     n_bootstrap: int = N_BOOTSTRAP,
 ) -> EvaluationResult:
-    """Score the model and three baselines on the same test rows and decide whether the model goes on.
+    """Score the model and its baselines on the same test rows and decide whether the model goes on.
 
     Baselines are refitted here rather than trusted from training, so a model is only ever
-    compared with predictors that saw exactly its training rows.
+    compared with predictors that saw exactly its training rows. ``bundle.predict_features``
+    returns, per task: P(positive) (binary), class probabilities (multiclass), the value
+    (regression), or a score per row, higher ranking first (ranking) or more anomalous
+    (anomaly detection). Ranking splits carry the query id column ``_group``.
     """
     if task not in _MAIN_METRICS:
         raise ConfigError(
@@ -324,18 +359,27 @@ def evaluate_model(
             f"the model was trained for {spec['task']} but the config says task {task!r}: "
             "retrain after changing the task"
         )
-    feature_names = list(spec.get("feature_names") or [c for c in test.columns if c != LABEL_COLUMN])
+    feature_names = list(spec.get("feature_names") or [c for c in test.columns if c not in _NOT_FEATURES])
     if len(test) == 0:
         raise DataError("the test split is empty: add data or raise split.test in the config")
     if len(train) == 0:
         raise DataError("the train split is empty: add data or lower split.validation/split.test in the config")
     X_test, y_test = _split_xy(test, feature_names, "test")
     X_train, y_train = _split_xy(train, feature_names, "train")
+    g_test = _split_groups(test, "test") if task == "ranking" else None
+    g_train = _split_groups(train, "train") if task == "ranking" else None
     if len(y_train) > MAX_BASELINE_TRAIN_ROWS:
-        keep = np.random.default_rng(seed).choice(len(y_train), MAX_BASELINE_TRAIN_ROWS, replace=False)
+        keep = _baseline_rows(len(y_train), g_train, seed)
         X_train, y_train = X_train[keep], y_train[keep]
+        g_train = g_train[keep] if g_train is not None else None
 
     raw = np.asarray(bundle.predict_features(X_test))
+    if task == "ranking":
+        return _evaluate_ranking(
+            metric, raw, feature_names, X_train, y_train, g_train, X_test, y_test, g_test, min_lift, seed, n_bootstrap
+        )
+    if task == "anomaly_detection":
+        return _evaluate_anomaly(metric, raw, spec, X_train, X_test, y_test, min_lift, seed, n_bootstrap)
     if task == "binary_classification":
         return _evaluate_binary(metric, raw, X_train, y_train, X_test, y_test, min_lift, seed, n_bootstrap)
     if task == "multiclass_classification":
@@ -462,6 +506,294 @@ def _evaluate_regression(
     }
     ci = bootstrap_interval(_resampled_rmse(y_test, pred), len(y_test), n_boot=n_bootstrap, seed=seed)
     return _result(metric, "regression", model_rmse, ci, baselines, min_lift, secondary, len(y_test), plots)
+
+
+# --------------------------------------------------------------------------------------
+# ranking
+
+
+def _split_groups(frame: pd.DataFrame, split: str) -> np.ndarray:
+    if GROUP_COLUMN not in frame.columns:
+        raise DataError(
+            f"the {split} split has no {GROUP_COLUMN!r} column (the query id ranking needs): rerun preprocess with task ranking"
+        )
+    return frame[GROUP_COLUMN].to_numpy(dtype=np.int64)
+
+
+def _baseline_rows(n: int, groups: np.ndarray | None, seed: int, limit: int | None = None) -> np.ndarray:
+    """Rows the baselines fit on when the train split is big (over ``limit``, by default
+    ``MAX_BASELINE_TRAIN_ROWS``): a random sample of rows, or for ranking of whole queries
+    (a query cut in part would be a different query)."""
+    limit = MAX_BASELINE_TRAIN_ROWS if limit is None else limit
+    rng = np.random.default_rng(seed)
+    if groups is None:
+        return rng.choice(n, limit, replace=False)
+    _, query, sizes = np.unique(groups, return_inverse=True, return_counts=True)
+    shuffled = rng.permutation(sizes.size)
+    chosen = shuffled[np.cumsum(sizes[shuffled]) <= limit]
+    if chosen.size == 0:  # one query larger than the cap: take it whole
+        chosen = shuffled[:1]
+    return np.flatnonzero(np.isin(query, chosen))
+
+
+class RankedQueries:
+    """A split's rows grouped by query (``_group``), ready to score many rankings of them at once.
+
+    Every metric is computed for all queries in a few whole-array operations (one lexsort per
+    ranking), so trying each feature as a ranker stays cheap on big splits. A query is judged
+    when it has two rows or more and at least one relevant row (grade > 0): NDCG and AP are
+    undefined or constant on the others (scikit-learn's ``ndcg_score`` refuses one-row queries
+    and scores 0 for queries with no relevant row, whatever the ranking).
+    """
+
+    def __init__(self, groups: np.ndarray, relevance: np.ndarray) -> None:
+        groups = np.asarray(groups)
+        if groups.size == 0:
+            raise ValueError("no rows to rank")
+        self.order = np.argsort(groups, kind="stable")
+        g = groups[self.order]
+        self.n = int(g.size)
+        self.starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
+        self.sizes = np.diff(np.r_[self.starts, self.n])
+        self.query = np.repeat(np.arange(self.starts.size), self.sizes)
+        self.gain = np.asarray(relevance, dtype=np.float64)[self.order]
+        self.relevant = self.gain > 0
+        self.n_relevant = np.add.reduceat(self.relevant.astype(np.int64), self.starts)
+        self.judged = (self.sizes >= 2) & (self.n_relevant > 0)
+        self._ideal: dict[int, np.ndarray] = {}
+
+    @property
+    def n_queries(self) -> int:
+        return int(self.starts.size)
+
+    @property
+    def n_judged(self) -> int:
+        return int(self.judged.sum())
+
+    def ndcg(self, score: np.ndarray, k: int = RANKING_K) -> np.ndarray:
+        """NDCG@k of each judged query, as scikit-learn's ``ndcg_score(k=k)`` on that query
+        alone: linear gains (the grade), discount ``1 / log2(rank + 1)``, and tied scores
+        share the average gain of their tie (the expected DCG over the ties' orders)."""
+        return self.ndcg_both_ways(score, k)[0]
+
+    def ndcg_both_ways(self, score: np.ndarray, k: int = RANKING_K) -> tuple[np.ndarray, np.ndarray]:
+        """NDCG@k of each judged query ranked by ``score`` and by ``-score``, from one sort:
+        the lowest-first order is the highest-first one read backwards within each query."""
+        if k not in self._ideal:
+            self._ideal[k] = self._dcg(self.gain, k)[0]
+        ideal = self._ideal[k][self.judged]
+        down, up = self._dcg(np.asarray(score, dtype=np.float64)[self.order], k)
+        return down[self.judged] / ideal, up[self.judged] / ideal
+
+    def average_precision(self, score: np.ndarray, k: int = RANKING_K, seed: int = 0) -> np.ndarray:
+        """AP@k of each judged query: relevance is grade > 0; the precision at each relevant
+        row of the top ``k``, summed, over ``min(k, relevant rows of the query)``. Tied scores
+        are ordered at random (seeded), so a constant score gains nothing from the rows' order."""
+        s = np.asarray(score, dtype=np.float64)[self.order]
+        tiebreak = np.random.default_rng(seed).random(self.n)
+        ranked, position = self._rank(s, tiebreak)
+        hit = self.relevant[ranked] & (position < k)
+        running = np.cumsum(hit)
+        before = np.repeat((running - hit)[self.starts], self.sizes)
+        precision = np.where(hit, (running - before) / (position + 1.0), 0.0)
+        ap = np.add.reduceat(precision, self.starts) / np.maximum(np.minimum(k, self.n_relevant), 1)
+        return ap[self.judged]
+
+    def _rank(self, s: np.ndarray, tiebreak: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Rows (in query order) sorted by descending score within each query, and each
+        sorted row's 0-based position in its query. Queries stay in place: the query id is
+        the primary key, so ``self.starts`` still marks where each begins."""
+        keys = (-s, self.query) if tiebreak is None else (tiebreak, -s, self.query)
+        ranked = np.lexsort(keys)
+        return ranked, np.arange(self.n) - self.starts[self.query]
+
+    def _dcg(self, s: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """DCG@k per query of the highest-first and of the lowest-first order of ``s``."""
+        ranked, position = self._rank(s)
+        sorted_scores = s[ranked]
+        gain = self.gain[ranked]
+        new_tie = np.r_[True, (self.query[1:] != self.query[:-1]) | (sorted_scores[1:] != sorted_scores[:-1])]
+        ties = np.flatnonzero(new_tie)
+        lengths = np.diff(np.r_[ties, self.n])
+        out = []
+        for at in (position, self.sizes[self.query] - 1 - position):
+            discount = np.where(at < k, 1.0 / np.log2(at + 2.0), 0.0)
+            shared = np.repeat(np.add.reduceat(discount, ties) / lengths, lengths)
+            out.append(np.add.reduceat(gain * shared, self.starts))
+        return out[0], out[1]
+
+
+def _model_scores(raw: np.ndarray, n: int) -> np.ndarray:
+    score = np.asarray(raw, dtype=np.float64).reshape(-1)
+    if score.shape[0] != n:
+        raise ValueError(f"the model returned {score.shape[0]} scores for {n} rows")
+    bad = int((~np.isfinite(score)).sum())
+    if bad:
+        raise ValueError(f"the model returned {bad} scores that are not finite numbers (of {n})")
+    return score
+
+
+def _best_single_feature(queries: RankedQueries, X: np.ndarray) -> tuple[int, float, float]:
+    """The feature (index, sign) whose order, highest or lowest first, gives the best mean
+    NDCG over the train queries, and that NDCG. Ties keep the first feature, highest first."""
+    best = (0, 1.0, -math.inf)
+    for j in range(X.shape[1]):
+        down, up = queries.ndcg_both_ways(X[:, j].astype(np.float64))
+        for sign, values in ((1.0, down), (-1.0, up)):
+            value = float(values.mean())
+            if value > best[2]:
+                best = (j, sign, value)
+    return best
+
+
+def _evaluate_ranking(
+    metric: _Metric, raw: np.ndarray, feature_names: list[str], X_train: np.ndarray, y_train: np.ndarray,
+    g_train: np.ndarray, X_test: np.ndarray, y_test: np.ndarray, g_test: np.ndarray, min_lift: float, seed: int,
+    n_bootstrap: int,
+) -> EvaluationResult:
+    score = _model_scores(raw, len(y_test))
+    for split, y in (("test", y_test), ("train", y_train)):
+        if not np.isfinite(y).all():
+            raise DataError(f"the {split} split has rows without a relevance grade: rerun preprocess for this run")
+    if len(y_train) > MAX_FEATURE_CHOICE_ROWS:
+        keep = _baseline_rows(len(y_train), g_train, seed, MAX_FEATURE_CHOICE_ROWS)
+        X_train, y_train, g_train = X_train[keep], y_train[keep], g_train[keep]
+    test_q = RankedQueries(g_test, y_test)
+    train_q = RankedQueries(g_train, y_train)
+    for split, queries in (("test", test_q), ("train", train_q)):
+        if queries.n_judged == 0:
+            raise DataError(
+                f"no {split} query has two or more rows and a relevant one (grade > 0) among its {queries.n_queries}"
+                f" queries: {metric.label} is undefined; add data, or check the group column and the grades"
+            )
+    per_query = test_q.ndcg(score)
+    j, sign, _ = _best_single_feature(train_q, X_train)
+    feature_score = sign * X_test[:, j].astype(np.float64)
+    constant = np.zeros(len(y_test))  # all tied: NDCG of a random order, in expectation, exactly
+    rankers = {"model": score, "random": constant, "best_single_feature": feature_score}
+    curves = {name: [float(test_q.ndcg(s, k).mean()) for k in range(1, RANKING_K + 1)] for name, s in rankers.items()}
+    baselines = {name: curves[name][-1] for name in ("random", "best_single_feature")}
+    secondary = {
+        f"map@{RANKING_K}": float(test_q.average_precision(score, RANKING_K, seed).mean()),
+        "queries": float(test_q.n_judged),
+        "queries_unjudged": float(test_q.n_queries - test_q.n_judged),
+    }
+    order = "highest" if sign > 0 else "lowest"
+    plots = {
+        "ndcg_at_k": {"k": list(range(1, RANKING_K + 1)), **curves},
+        "best_single_feature": {"feature": feature_names[j], "order": f"{order} first"},
+    }
+    ci = bootstrap_interval(lambda w: w @ per_query / per_query.size, per_query.size, n_boot=n_bootstrap, seed=seed)
+    result = _result(metric, "ranking", float(per_query.mean()), ci, baselines, min_lift, secondary, len(y_test), plots)
+    result.reason += (
+        f". {metric.label} is averaged over {test_q.n_judged} test queries; best_single_feature ranks by"
+        f" {feature_names[j]!r}, {order} first"
+    )
+    return result
+
+
+# --------------------------------------------------------------------------------------
+# anomaly detection
+
+
+def precision_at_k(y: np.ndarray, score: np.ndarray, k: int | None = None) -> float:
+    """The share of true anomalies (``y == 1``) among the ``k`` highest scores (``k`` defaults
+    to the number of true anomalies, where precision and recall meet). Scores tied at the
+    cut count by expectation: each tied row is in the top ``k`` with the same chance."""
+    y = np.asarray(y)
+    score = np.asarray(score, dtype=np.float64)
+    k = int((y == 1).sum()) if k is None else int(k)
+    if k <= 0 or k > score.size:
+        return math.nan
+    cut = np.partition(score, score.size - k)[score.size - k]
+    above, tied = score > cut, score == cut
+    needed = k - int(above.sum())
+    hits = float((y[above] == 1).sum()) + float((y[tied] == 1).sum()) * needed / int(tied.sum())
+    return hits / k
+
+
+def _outlier_baselines(X_train: np.ndarray) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
+    """Classical outlier rules fitted on the train features (all rows: the detector saw no
+    labels either): the mean absolute z-score over features, and how many features fall
+    outside Tukey's fences (1.5 IQR beyond the quartiles)."""
+    X = X_train.astype(np.float64)
+    mean = X.mean(axis=0)
+    std = X.std(axis=0)
+    std = np.where(std > 0, std, 1.0)
+    q1, q3 = np.percentile(X, [25, 75], axis=0)
+    low, high = q1 - 1.5 * (q3 - q1), q3 + 1.5 * (q3 - q1)
+    return {
+        "zscore": lambda Z: np.abs((Z.astype(np.float64) - mean) / std).mean(axis=1),
+        "iqr": lambda Z: ((Z < low) | (Z > high)).sum(axis=1).astype(np.float64),
+    }
+
+
+def _evaluate_anomaly(
+    metric: _Metric, raw: np.ndarray, spec: dict[str, Any], X_train: np.ndarray, X_test: np.ndarray,
+    y_test: np.ndarray, min_lift: float, seed: int, n_bootstrap: int,
+) -> EvaluationResult:
+    from sklearn.metrics import average_precision_score
+
+    score = _model_scores(raw, len(y_test))
+    known = np.isfinite(y_test)
+    y = y_test[known].astype(np.int64)
+    if not np.isin(y, (0, 1)).all():
+        raise DataError("anomaly labels must be class 0 (normal) or 1 (anomaly): rerun preprocess for this run")
+    if y.size == 0 or np.unique(y).size < 2:
+        return _unjudged_anomaly(metric, spec, y, len(y_test), min_lift)
+    s = score[known]
+    scores = {name: rule(X_test[known]) for name, rule in _outlier_baselines(X_train).items()}
+    scores["random"] = np.zeros(y.size)  # all tied: AUC of a random score, in expectation, exactly
+    model_auc = _roc_auc(y, s)
+    baselines = {name: _roc_auc(y, v) for name, v in scores.items()}
+    secondary = {
+        "precision_at_k": precision_at_k(y, s),
+        "anomaly_rate": float(y.mean()),  # precision@k of a random score
+        "pr_auc": float(average_precision_score(y, s)),
+        "labelled": float(y.size),
+        "anomalies": float(y.sum()),
+    }
+    plots = {"roc": {"model": _roc_points(y, s, model_auc)}}
+    for name, v in scores.items():
+        plots["roc"][name] = _roc_points(y, v, baselines[name])
+    ci = bootstrap_interval(_resampled_auc(y, s), y.size, n_boot=n_bootstrap, seed=seed)
+    result = _result(metric, "anomaly_detection", model_auc, ci, baselines, min_lift, secondary, len(y_test), plots)
+    if y.size < len(y_test):
+        result.reason += f", on the {y.size} labelled of {len(y_test)} test rows"
+    return result
+
+
+def _unjudged_anomaly(metric: _Metric, spec: dict[str, Any], y: np.ndarray, n_test: int, min_lift: float) -> EvaluationResult:
+    """The verdict without labels of both classes: no metric, so no pass (see docs/design.md)."""
+    classes = [str(c) for c in spec.get("label_classes") or []]
+    label = spec.get("label") or "the label"
+    if y.size == 0:
+        found = "no test row has a label"
+    else:
+        only = classes[int(y[0])] if len(classes) == 2 else str(int(y[0]))
+        kind = "anomalies" if y[0] == 1 else "normal"
+        found = f"the {y.size} labelled test rows all hold {only!r} ({kind})"
+    anomaly = f"the anomaly is {classes[1]!r}" if len(classes) == 2 else "two values, the anomaly last in sorted order, e.g. 0/1"
+    reason = (
+        f"{found}, so the anomaly detector cannot be judged against the baselines and the gate does not pass a model"
+        f" nobody checked: label normal rows and anomalies in {label!r} ({anomaly}), or set deploy.require_passed: false"
+        " to deploy it unjudged"
+    )
+    return EvaluationResult(
+        task="anomaly_detection",
+        metric=metric.name,
+        greater_is_better=metric.greater_is_better,
+        model=math.nan,
+        model_ci=[math.nan, math.nan],
+        baselines={"zscore": math.nan, "iqr": math.nan, "random": math.nan},
+        best_baseline="zscore",
+        lift=math.nan,
+        min_lift=float(min_lift),
+        passed=False,
+        reason=reason,
+        secondary={"labelled": float(y.size), "anomalies": float((y == 1).sum())},
+        n_test=int(n_test),
+    )
 
 
 def _finite_or_none(value: Any) -> Any:

@@ -43,7 +43,14 @@ tr.model td{font-weight:600}tr.best td{background:#fffbe6}
 img.plot{max-width:100%;border:1px solid #e6eaef;border-radius:4px}
 """
 
-_SECONDARY_NAMES = {"pr_auc": "PR-AUC", "log_loss": "log loss", "accuracy": "accuracy", "mae": "MAE", "r2": "R²"}
+_SECONDARY_NAMES = {
+    "pr_auc": "PR-AUC", "log_loss": "log loss", "accuracy": "accuracy", "mae": "MAE", "r2": "R²",
+    "map@10": "MAP@10", "queries": "test queries judged", "queries_unjudged": "test queries not judged (one row, or none relevant)",
+    "precision_at_k": "precision@k (k = true anomalies)", "anomaly_rate": "anomaly rate (precision@k of a random score)",
+    "labelled": "labelled test rows", "anomalies": "anomalies among them",
+}
+#: Secondary entries that count things: shown as whole numbers.
+_SECONDARY_COUNTS = frozenset({"queries", "queries_unjudged", "labelled", "anomalies"})
 _STAGE_ORDER = ("preflight", "ingest", "preprocess", "train", "evaluate", "register", "deploy", "report")
 
 
@@ -199,9 +206,30 @@ def _confusion_plot(confusion: dict[str, Any]) -> str:
     return _png(fig, "confusion matrix of the model on the test split")
 
 
+def _ndcg_plot(curves: dict[str, Any]) -> str:
+    from matplotlib.figure import Figure
+
+    ks = curves.get("k") or []
+    fig = Figure(figsize=(5.6, 4.4))
+    ax = fig.add_subplot()
+    names = ["model", *[n for n in curves if n not in ("model", "k")]]
+    for name in names:
+        values = curves.get(name)
+        if values and len(values) == len(ks):
+            ax.plot(ks, values, marker="o", markersize=3, label=_plain_text(name), linewidth=2.4 if name == "model" else 1.3)
+    ax.set_xlabel("k (top rows of each query)")
+    ax.set_ylabel("NDCG@k, mean over test queries")
+    ax.set_title("Ranking quality by cut-off on the test split")
+    ax.set_ylim(0, 1.01)
+    ax.legend(loc="lower right", fontsize=8)
+    return _png(fig, "NDCG at each cut-off of the model and the baselines")
+
+
 def _plot(plots: dict[str, Any]) -> str:
     if plots.get("roc"):
         return _roc_plot(plots["roc"])
+    if plots.get("ndcg_at_k"):
+        return _ndcg_plot(plots["ndcg_at_k"])
     if plots.get("scatter"):
         return _scatter_plot(plots["scatter"])
     if plots.get("confusion"):
@@ -271,7 +299,7 @@ def _evaluation_section(ev: dict[str, Any]) -> str:
     secondary = ev.get("secondary") or {}
     secondary_html = (
         "<h3>Other metrics of the model</h3>"
-        + _table(["metric", "value"], [[_e(_SECONDARY_NAMES.get(k, k)), _num(v)] for k, v in secondary.items()], numeric=(1,))
+        + _table(["metric", "value"], [[_e(_SECONDARY_NAMES.get(k, k)), _num(_count(k, v))] for k, v in secondary.items()], numeric=(1,))
         if secondary
         else ""
     )
@@ -281,6 +309,13 @@ def _evaluation_section(ev: dict[str, Any]) -> str:
         "<section id='evaluation'><h2>Model vs baselines</h2>" + intro + table + gate
         + f"<p>{_e(ev.get('reason') or '')}</p>" + secondary_html + _plot(ev.get("plots") or {}) + "</section>"
     )
+
+
+def _count(key: str, value: Any) -> Any:
+    """A count stored as a float (secondary metrics are floats in the JSON) shown as an integer."""
+    if key in _SECONDARY_COUNTS and isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
 
 
 def _rejected_file(item: Any) -> list[str]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -36,7 +35,8 @@ from tasks.deploy.sagemaker_endpoints import (
     version_name,
 )
 from tasks.errors import ConfigError, StageError
-from tasks.modelbundle import BUNDLE_FILES
+from tasks.modelbundle import METADATA_FILE, TRANSFORM_FILE
+from tasks.training.local_job import pack_model_dir
 
 log = logging.getLogger("updraft.deploy")
 
@@ -82,16 +82,14 @@ def fetch_model_tar(fs: Any, model_uri: str, model_dir: str | Path, dest: str | 
     except FileNotFoundError:
         pass
     folder = Path(model_dir)
-    if not all((folder / name).is_file() for name in BUNDLE_FILES):
+    if not all((folder / name).is_file() for name in (TRANSFORM_FILE, METADATA_FILE)):
         raise StageError(
             f"model artifact {model_uri} does not exist and {folder} holds no model "
-            f"({', '.join(BUNDLE_FILES)}); rerun the train stage"
+            f"({TRANSFORM_FILE} and {METADATA_FILE} are missing); rerun the train stage"
         )
     log.warning("model artifact %s not found; packing the trained model from %s", model_uri, folder)
     tmp = dest.with_name(dest.name + ".tmp")
-    with tarfile.open(tmp, "w:gz") as archive:
-        for name in BUNDLE_FILES:
-            archive.add(folder / name, arcname=name)
+    pack_model_dir(folder, tmp)
     shutil.move(tmp, dest)
     return dest
 

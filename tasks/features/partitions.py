@@ -8,6 +8,7 @@ memory limit. Every function here is a pure function of its partition and small 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -23,16 +24,20 @@ from tasks.features.sketch import QuantileSketch
 from tasks.features.split import SPLITS, TRAIN, PlanPartial, SplitPlan, assign_splits, plan_partial
 from tasks.features.stats import ColumnMoments, category_counts, merge_counts, merge_moments
 from tasks.features.transform import (
-    CLASSIFICATION_TASKS,
+    CLASS_LABEL_TASKS,
+    OPTIONAL_LABEL_TASKS,
     apply_transform,
     category_codes,
     coded_columns,
     encode_labels,
+    group_ids,
     numeric_values,
     outputs_of,
 )
 
 LABEL_COLUMN = "_label"
+#: The ranking query id of each row (int64, :func:`tasks.features.transform.group_ids`); never a feature.
+GROUP_COLUMN = "_group"
 
 
 @dataclass(frozen=True)
@@ -75,6 +80,11 @@ class FitPartial:
     log_moments: ColumnMoments | None = None
     sketches: dict[str, QuantileSketch] = field(default_factory=dict)
     infinite: dict[str, int] = field(default_factory=dict)
+    #: Ranking: the smallest and largest relevance grade over every split's labelled rows.
+    label_min: float = math.inf
+    label_max: float = -math.inf
+    #: Rows whose group (query) value is missing.
+    null_groups: int = 0
 
 
 def merge_partials(a: FitPartial, b: FitPartial) -> FitPartial:
@@ -87,12 +97,18 @@ def merge_partials(a: FitPartial, b: FitPartial) -> FitPartial:
         log_moments=merge_moments(a.log_moments, b.log_moments) if a.log_moments is not None else None,
         sketches={col: a.sketches[col].merge(b.sketches[col]) for col in a.sketches},
         infinite=merge_counts(a.infinite, b.infinite),
+        label_min=min(a.label_min, b.label_min),
+        label_max=max(a.label_max, b.label_max),
+        null_groups=a.null_groups + b.null_groups,
     )
 
 
 def drop_unlabelled(frame: pd.DataFrame, label: str, task: str) -> tuple[pd.DataFrame, int]:
-    """Rows that have a label (a finite number for regression), and how many had none."""
-    if task in CLASSIFICATION_TASKS:
+    """Rows that have a label (a finite number for regression and ranking), and how many had
+    none. Anomaly detection keeps every row: its label is optional (unknown, not missing data)."""
+    if task in OPTIONAL_LABEL_TASKS:
+        return frame, 0
+    if task in CLASS_LABEL_TASKS:
         keep = category_codes(frame[label])[0] >= 0
     else:
         keep = np.isfinite(numeric_values(frame[label], label))
@@ -126,13 +142,15 @@ def fit_partition(
     plan: SplitPlan,
     codes: np.ndarray | None = None,
     device: str = "cpu",
+    group: str | None = None,
 ) -> FitPartial:
     """The partials of one partition: statistics of its train rows, counts of all its labelled rows.
 
     Only what the configured transforms need is computed: log moments for log1p columns,
     quantile sketches for median, clipping and bins, value counts for vocabularies and
     one-hot columns (hashed columns need none). ``device`` picks where the numeric
-    statistics run (:func:`tasks.features.numeric.array_module`).
+    statistics run (:func:`tasks.features.numeric.array_module`). Ranking adds the range
+    of the relevance grades; ``group`` (the query column) the count of rows without a query.
     """
     frame, dropped = drop_unlabelled(frame, label, task)
     if codes is None:
@@ -142,7 +160,9 @@ def fit_partition(
     numeric = numeric_stats(train, features, array_module(device))
     counted = [c for c in features.categorical if features.categorical_transform(c).encode != "hash"]
     counts = {c: category_counts(train[c]) for c in counted}
-    labels = category_counts(frame[label]) if task in CLASSIFICATION_TASKS else {}
+    labels = category_counts(frame[label]) if task in CLASS_LABEL_TASKS else {}
+    grades = numeric_values(frame[label], label) if task == "ranking" and len(frame) else None
+    null_groups = int((category_codes(frame[group])[0] < 0).sum()) if group is not None else 0
     del train
     _release_memory()
     return FitPartial(
@@ -154,6 +174,9 @@ def fit_partition(
         log_moments=numeric.log_moments,
         sketches=numeric.sketches,
         infinite=numeric.infinite,
+        label_min=float(grades.min()) if grades is not None else math.inf,
+        label_max=float(grades.max()) if grades is not None else -math.inf,
+        null_groups=null_groups,
     )
 
 
@@ -189,7 +212,9 @@ def transform_partition(
     codes: np.ndarray | None = None,
     device: str = "cpu",
 ) -> Written:
-    """Encode one partition and write its rows of each split as ``<split>/part.NNNNN.parquet``."""
+    """Encode one partition and write its rows of each split as ``<split>/part.NNNNN.parquet``:
+    the features, ``_label``, and for ranking ``_group`` (the query id; rows are not sorted by
+    it here: the training entry point sorts)."""
     frame, _ = drop_unlabelled(frame, spec["label"], spec["task"])
     if codes is None:
         codes = assign_splits(frame, plan, label=spec["label"])
@@ -203,6 +228,8 @@ def transform_partition(
     names = list(spec["feature_names"])
     grouped = {fname: matrix[:, j].take(order) for j, fname in enumerate(names)}
     grouped[LABEL_COLUMN] = labels.take(order)
+    if spec.get("group"):
+        grouped[GROUP_COLUMN] = group_ids(frame[spec["group"]]).take(order)
     options = {**PARQUET_OPTIONS, "use_dictionary": [*coded_columns(spec), LABEL_COLUMN]}
     fs, root = fsspec.core.url_to_fs(features_uri, **(storage_options or {}))
     root = root.rstrip("/")

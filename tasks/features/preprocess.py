@@ -37,6 +37,7 @@ from tasks.aws.target import Target
 from tasks.config import SUPPORTED_TASKS, Features, PipelineConfig, SplitConfig
 from tasks.errors import ConfigError, DataError
 from tasks.features.partitions import (
+    GROUP_COLUMN,
     LABEL_COLUMN,
     Piece,
     read_piece,
@@ -51,7 +52,7 @@ from tasks.features.partitions import (
 )
 from tasks.features.split import DEFAULT_SALT, SPLITS, SplitPlan, finish_plan, merge_plan_partials, needs_plan
 from tasks.features.stats import tree_reduce
-from tasks.features.transform import CLASSIFICATION_TASKS, build_spec
+from tasks.features.transform import CLASS_LABEL_TASKS, OPTIONAL_LABEL_TASKS, build_spec
 from tasks.layout import Layout
 
 if TYPE_CHECKING:
@@ -83,6 +84,7 @@ def preprocess_dataset(
     storage_options: dict | None,
     client: "Client | None" = None,
     device: str = "auto",
+    group: str | None = None,
 ) -> PreprocessResult:
     """Fit the transform on the train split of the curated data and write every split's features.
 
@@ -90,8 +92,14 @@ def preprocess_dataset(
     runs the work. ``input_columns`` are the feature columns in contract order (the CSV
     order the endpoint accepts). ``device``: ``auto`` runs the numeric work on a worker's GPU
     when it has one (CuPy kernels), ``cpu`` never, ``gpu`` always (an error where it cannot).
+
+    Per task: ``ranking`` needs ``group``, the query column: its value's id goes to a
+    ``_group`` column of every split (rows with no query form one group, with a warning),
+    and the label is a relevance grade of 0 or more. ``anomaly_detection`` keeps rows with no
+    label (``_label`` NaN: unknown); its label, where present, is binary, and the second class
+    in sorted order marks an anomaly. See docs/design.md ("transform.json").
     """
-    _check_request(features=features, kinds=kinds, label=label, task=task, input_columns=input_columns)
+    _check_request(features=features, kinds=kinds, label=label, task=task, input_columns=input_columns, group=group)
     storage_options = dict(storage_options or {})
     features_uri = features_uri.rstrip("/") + "/"
     transform_uri = features_uri + TRANSFORM_FILE
@@ -99,26 +107,42 @@ def preprocess_dataset(
 
     started = time.perf_counter()
     pieces, schema, stored_bytes = _plan_reads(curated_uri, storage_options)
-    _check_columns(schema, features, label, task, curated_uri)
+    _check_columns(schema, features, label, task, curated_uri, group)
+    _warn_ranking_split(task, group, split)
     read = dask.delayed(read_piece, pure=True)
     parts = _keep_in_memory_if_small([read(piece, storage_options) for piece in pieces], stored_bytes, client)
     plan = _split_plan(parts, label=label, task=task, split=split, salt=salt, client=client)
     codes_task = dask.delayed(split_codes, pure=True)
     codes = [codes_task(p, label=label, task=task, plan=plan) for p in parts]
     fit_task = dask.delayed(fit_partition, pure=True)
-    partials = [fit_task(p, features=features, label=label, task=task, plan=plan, codes=c, device=device) for p, c in zip(parts, codes)]
+    partials = [
+        fit_task(p, features=features, label=label, task=task, plan=plan, codes=c, device=device, group=group)
+        for p, c in zip(parts, codes)
+    ]
     fitted, codes = _fit_keeping_codes(tree_reduce(partials, dask.delayed(merge_partials, pure=True)), codes, client)
     fit_s = time.perf_counter() - started
 
     if fitted.unlabelled:
         log.warning("dropped %d rows with no value in label %r", fitted.unlabelled, label)
     labelled = sum(fitted.rows.values())
-    if labelled == 0:
+    optional = task in OPTIONAL_LABEL_TASKS
+    if labelled == 0 and not optional:
         raise DataError(f"no row of the curated data at {curated_uri} has a value in label {label!r}")
     for name in SPLITS:
         if fitted.rows[name] == 0:
             hint = "lower split.validation and split.test" if name == "train" else f"add rows or raise split.{name}"
-            raise DataError(f"the {name} split has no rows ({labelled} labelled rows in all): {hint}")
+            raise DataError(f"the {name} split has no rows ({labelled} {'' if optional else 'labelled '}rows in all): {hint}")
+    if optional:
+        log.info("label %r is known for %d of %d rows; the others are kept unlabelled", label, sum(fitted.labels.values()), labelled)
+    if task == "ranking":
+        _check_grades(fitted, label)
+        if fitted.null_groups:
+            log.warning(
+                "%d rows have no value in the group column %r: they form one query of their own (group id 0);"
+                " fill the column to rank them with the rows they belong with",
+                fitted.null_groups,
+                group,
+            )
 
     spec = build_spec(
         task=task,
@@ -131,6 +155,7 @@ def preprocess_dataset(
         sketches=fitted.sketches,
         counts=fitted.counts,
         split=plan.to_json(),
+        group=group if task == "ranking" else None,
     )
     _warn_degenerate(spec)
     for name, n in sorted(fitted.infinite.items()):
@@ -217,15 +242,24 @@ def require_features(fs: Any, features_uri: str, *, run_id: str, then: str = "ru
     return base
 
 
-def _check_request(*, features: Features, kinds: Mapping[str, str], label: str, task: str, input_columns: list[str]) -> None:
+def _check_request(
+    *, features: Features, kinds: Mapping[str, str], label: str, task: str, input_columns: list[str], group: str | None = None
+) -> None:
     if task not in SUPPORTED_TASKS:
         raise ConfigError(f"task {task!r} cannot be preprocessed yet; use one of {', '.join(SUPPORTED_TASKS)}")
+    if task == "ranking" and not group:
+        raise ConfigError("task ranking needs 'group': the column whose rows are ranked together (a query or session id)")
+    if group is not None and task != "ranking":
+        raise ConfigError(f"'group' is only for task ranking, not {task}; for a grouped split use split.column")
+    if group is not None and group == label:
+        raise ConfigError(f"'group' {group!r} is the label; name the query column")
     if not features.all:
         raise ConfigError("no feature columns: list some under features.numeric, features.categorical or features.datetime")
     if label in features.all:
         raise ConfigError(f"label {label!r} is also listed as a feature; remove it from features")
-    if LABEL_COLUMN in features.all:
-        raise ConfigError(f"a feature may not be named {LABEL_COLUMN!r} (it names the encoded label column)")
+    for reserved, what in ((LABEL_COLUMN, "the encoded label column"), (GROUP_COLUMN, "the ranking query id column")):
+        if reserved in features.all:
+            raise ConfigError(f"a feature may not be named {reserved!r} (it names {what})")
     for name in features.numeric:
         if kinds.get(name) == "categorical":
             raise ConfigError(f"column {name!r} is categorical in the contract; list it under features.categorical")
@@ -240,8 +274,9 @@ def _check_request(*, features: Features, kinds: Mapping[str, str], label: str, 
     outside = [c for c in features.all if c not in input_columns]
     if outside:
         raise ConfigError(f"feature {outside[0]!r} is not a column of the contract ({', '.join(input_columns)})")
-    if task == "regression" and kinds.get(label) == "categorical":
-        raise DataError(f"regression needs a numeric label, but {label!r} is categorical in the contract")
+    if task in ("regression", "ranking") and kinds.get(label) == "categorical":
+        what = "a numeric label" if task == "regression" else "a numeric relevance grade as its label"
+        raise DataError(f"{task} needs {what}, but {label!r} is categorical in the contract")
 
 
 #: About how much bigger a partition is in memory (pandas, Arrow strings) than as Parquet.
@@ -304,14 +339,46 @@ def _plan_reads(curated_uri: str, storage_options: dict[str, Any]) -> tuple[list
     return pieces, schema, sum(int(found[p].get("size") or 0) for p in files)
 
 
-def _check_columns(schema: pa.Schema, features: Features, label: str, task: str, curated_uri: str) -> None:
+def _check_columns(schema: pa.Schema, features: Features, label: str, task: str, curated_uri: str, group: str | None = None) -> None:
     columns = list(schema.names)
     absent = [c for c in (*features.all, label) if c not in columns]
     if absent:
         raise DataError(f"the curated data at {curated_uri} has no column {absent[0]!r} (columns: {', '.join(columns)})")
+    if group is not None and group not in columns:
+        raise DataError(
+            f"the group column {group!r} (the query whose rows are ranked together) is not in the curated data at"
+            f" {curated_uri} (columns: {', '.join(columns)}): add it to the contract and the data, or name another column"
+        )
     kind = schema.field(label).type
-    if task == "regression" and not (pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind)):
+    numeric = pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind)
+    if task == "regression" and not numeric:
         raise DataError(f"regression needs a numeric label, but {label!r} has dtype {kind}")
+    if task == "ranking" and not numeric:
+        raise DataError(f"ranking needs a numeric relevance grade (0 = not relevant) as its label, but {label!r} has dtype {kind}")
+
+
+def _check_grades(fitted: FitPartial, label: str) -> None:
+    """Relevance grades must be 0 or more: NDCG's gains (and XGBoost's rank:ndcg) are undefined below."""
+    if fitted.label_min < 0:
+        raise DataError(
+            f"ranking needs relevance grades of 0 or more in label {label!r} (higher is more relevant),"
+            f" found {fitted.label_min:g}: shift or recode the grades"
+        )
+    log.info("relevance grades in label %r range from %g to %g", label, fitted.label_min, fitted.label_max)
+
+
+def _warn_ranking_split(task: str, group: str | None, split: SplitConfig) -> None:
+    """A query whose rows straddle splits leaks between train and test; the config's default
+    (``method: group`` on the query column) never does, but a user may choose otherwise."""
+    if task == "ranking" and not (split.method == "group" and split.column == group):
+        log.warning(
+            "split.method %s%s may put rows of one query (%r) in several splits, so a query is judged on rows"
+            " it trained on; use split.method group with split.column %s (the default for ranking)",
+            split.method,
+            f" on {split.column!r}" if split.column else "",
+            group,
+            group,
+        )
 
 
 def _compute(objects: list, client: "Client | None") -> list:
@@ -321,10 +388,12 @@ def _compute(objects: list, client: "Client | None") -> list:
 
 
 def _label_classes(counts: Mapping[str, int], label: str, task: str) -> list[str] | None:
-    if task not in CLASSIFICATION_TASKS:
+    if task not in CLASS_LABEL_TASKS:
         return None
     classes = sorted(counts)
     shown = ", ".join(classes[:5]) + (", ..." if len(classes) > 5 else "")
+    if task == "anomaly_detection":
+        return _anomaly_classes(counts, classes, shown, label)
     if task == "binary_classification" and len(classes) != 2:
         raise DataError(
             f"binary_classification needs exactly 2 distinct values in label {label!r}, found {len(classes)}"
@@ -332,6 +401,28 @@ def _label_classes(counts: Mapping[str, int], label: str, task: str) -> list[str
         )
     if len(classes) < 2:
         raise DataError(f"multiclass_classification needs at least 2 distinct values in label {label!r}, found {len(classes)} ({shown})")
+    return classes
+
+
+def _anomaly_classes(counts: Mapping[str, int], classes: list[str], shown: str, label: str) -> list[str] | None:
+    """Two classes, the anomaly second in sorted order (``0``/``1``, ``false``/``true``); None
+    when no row has a label (the detector is judged without labels)."""
+    if not classes:
+        log.warning("label %r has no values: the anomaly detector trains unsupervised and cannot be judged against labels", label)
+        return None
+    if len(classes) != 2:
+        raise DataError(
+            f"anomaly_detection needs label {label!r} to hold exactly 2 distinct values (normal, then anomaly in sorted"
+            f" order, e.g. 0/1 or false/true) or none at all, found {len(classes)} ({shown}): recode the label,"
+            " or leave it empty to train unsupervised"
+        )
+    normal, anomaly = classes
+    if counts[anomaly] > counts[normal]:
+        log.warning(
+            "label %r: %r is taken as the anomaly (second in sorted order) but holds %d of %d labelled rows, more than"
+            " %r: if %r is the anomaly, recode the label so that the anomaly sorts last (e.g. 0 normal, 1 anomaly)",
+            label, anomaly, counts[anomaly], counts[anomaly] + counts[normal], normal, normal,
+        )
     return classes
 
 
@@ -360,6 +451,7 @@ def preprocess_stage(
 ) -> PreprocessResult:
     """Preprocess the dataset's curated data into this run's feature splits on ``target``."""
     layout = Layout(config.bucket, config.name)
+    features, input_columns = features_without_group(config, features, input_columns)
     return preprocess_dataset(
         curated_uri=layout.curated(),
         features_uri=layout.features(run_id),
@@ -372,4 +464,24 @@ def preprocess_stage(
         storage_options=target.storage_options(),
         client=client,
         device=config.dask.device,
+        group=config.group,
     )
+
+
+def features_without_group(config: PipelineConfig, features: Features, input_columns: list[str]) -> tuple[Features, list[str]]:
+    """The features, less the ranking group column where they are the contract's default.
+
+    A query id names which rows are ranked together; as a feature it would let a model
+    learn per-query quirks that never carry to new queries. So it is a feature only when
+    the config lists it explicitly (``features.numeric`` / ``categorical``)."""
+    group = config.group
+    listed = config.features is not None and bool(config.features.all)
+    if group is None or listed or group not in features.all:
+        return features, input_columns
+    kept = Features(
+        numeric=tuple(c for c in features.numeric if c != group),
+        categorical=tuple(c for c in features.categorical if c != group),
+        datetime=tuple(c for c in features.datetime if c != group),
+        transforms={k: v for k, v in features.transforms.items() if k != group},
+    )
+    return kept, [c for c in input_columns if c != group]

@@ -11,6 +11,7 @@ vocabulary codes only) read as the same transforms in format 2.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from types import ModuleType
@@ -38,6 +39,14 @@ MISSING_CODE = 0
 DATETIME_PARTS: tuple[str, ...] = ("hour", "dayofweek", "month")
 _DATETIME_ACCESSORS = {"hour": "hour", "dayofweek": "day_of_week", "month": "month"}
 CLASSIFICATION_TASKS = ("binary_classification", "multiclass_classification")
+#: Tasks whose label is a class, encoded as its index in ``label_classes``. Anomaly detection's
+#: label is optional (missing values stay NaN) and binary: index 1 marks an anomaly.
+CLASS_LABEL_TASKS = (*CLASSIFICATION_TASKS, "anomaly_detection")
+#: Tasks whose label may be missing on a row without the row being dropped.
+OPTIONAL_LABEL_TASKS = ("anomaly_detection",)
+#: The ``_group`` id of rows whose group (query) value is missing: they form one group.
+#: Hashes of present values are never 0 (:func:`group_ids`).
+NULL_GROUP_ID = 0
 
 # Text that means "no value" in a numeric column arriving as strings (CSV at the endpoint).
 _MISSING_TEXT = frozenset({"", "nan", "na", "n/a", "null", "none", "<na>"})
@@ -127,6 +136,7 @@ def build_spec(
     log_moments: "ColumnMoments | None" = None,
     sketches: Mapping[str, QuantileSource] | None = None,
     max_categories: int | None = None,
+    group: str | None = None,
 ) -> dict[str, Any]:
     """The transform.json document from statistics merged over the train split.
 
@@ -137,6 +147,7 @@ def build_spec(
     follow ``input_columns`` (the contract's order), so the feature matrix reads like the
     CSV; a column may give several (a missing indicator, one-hot columns, date parts).
     ``split`` is the split's JSON record (a ``SplitConfig`` with ``split_hash`` still works).
+    ``group`` (ranking) names the query column whose ids preprocess writes as ``_group``.
     """
     sketches = sketches or {}
     host = moments.to_host()
@@ -184,6 +195,8 @@ def build_spec(
         "feature_names": [],
         "split": dict(split),
     }
+    if group is not None:  # ranking only: other tasks' specs keep format 2's keys exactly
+        spec["group"] = group
     spec["feature_names"] = _output_names(spec)
     return spec
 
@@ -479,6 +492,26 @@ def hash_codes(values: pd.Series, name: str, bits: int) -> np.ndarray:
     return table[codes]
 
 
+def group_ids(values: pd.Series) -> np.ndarray:
+    """The ``_group`` column of a ranking split: an int64 id per row for its query value.
+
+    The id is the first 8 bytes of BLAKE2b (``digest_size=8``) of the value's string form
+    (:func:`category_strings`, so ``7``, ``7.0`` and the text ``"7"`` meet) in UTF-8, read
+    big-endian with the top bit cleared: 63 bits, non-negative as int64 and as uint64 (the
+    training entry point sorts by it and hands it to XGBoost as ``qid``). A function of the
+    value alone, so partitions, workers and reruns agree with no coordination; hashed once
+    per distinct value. A missing value gets :data:`NULL_GROUP_ID` (0), which no present
+    value hashes to (a hash of 0 becomes 1), so every row without a group is in one group.
+    """
+    codes, uniques = pd.factorize(category_strings(values), use_na_sentinel=True)
+    ids = np.empty(len(uniques) + 1, dtype=np.int64)
+    for i, text in enumerate(uniques.tolist()):
+        digest = int.from_bytes(hashlib.blake2b(str(text).encode("utf-8"), digest_size=8).digest(), "big")
+        ids[i] = (digest & 0x7FFF_FFFF_FFFF_FFFF) or 1
+    ids[-1] = NULL_GROUP_ID
+    return ids[np.asarray(codes)]  # code -1 (missing) picks the trailing NULL_GROUP_ID
+
+
 def murmurhash3_32(text: str, seed: int = 0) -> int:
     """MurmurHash3 (x86, 32-bit) of the UTF-8 bytes, signed, as ``sklearn.utils.murmurhash3_32``;
     written out so serving needs no scikit-learn."""
@@ -543,13 +576,23 @@ def datetime_parts(values: pd.Series, name: str, parts: Sequence[str]) -> list[n
 
 
 def encode_labels(values: pd.Series, spec: Mapping[str, Any]) -> np.ndarray:
-    """The ``_label`` column: class index for classification, the value for regression (float64).
+    """The ``_label`` column: class index for classification and anomaly detection, the value
+    for regression and ranking (float64).
 
-    Missing labels become NaN. A class the model was not fitted with raises ``DataError``.
+    Missing labels become NaN. A class the model was not fitted with raises ``DataError``;
+    so does any label value for an anomaly detector fitted on data without labels.
     """
     _check_format(spec)
     classes = spec.get("label_classes")
-    if spec["task"] not in CLASSIFICATION_TASKS or classes is None:
+    if spec["task"] in OPTIONAL_LABEL_TASKS and classes is None:
+        present = category_codes(values)[0] >= 0
+        if present.any():
+            raise DataError(
+                f"label {spec['label']!r} has values, but the anomaly detector was fitted on data without any:"
+                " rerun preprocess on data that holds them"
+            )
+        return np.full(len(values), np.nan)
+    if spec["task"] not in CLASS_LABEL_TASKS or classes is None:
         values_f = numeric_values(values, spec["label"])
         return np.where(np.isfinite(values_f), values_f, np.nan)
     codes, keys = category_codes(values)
@@ -566,11 +609,12 @@ def encode_labels(values: pd.Series, spec: Mapping[str, Any]) -> np.ndarray:
 
 
 def decode_labels(codes: Iterable[Any], spec: Mapping[str, Any]) -> list:
-    """Original label values for encoded ones: class strings, or floats for regression; NaN -> None."""
+    """Original label values for encoded ones: class strings (classification, anomaly detection),
+    or floats (regression, ranking); NaN -> None."""
     _check_format(spec)
     classes = spec.get("label_classes")
     arr = np.asarray(codes, dtype=np.float64).ravel()
-    if spec["task"] not in CLASSIFICATION_TASKS or classes is None:
+    if spec["task"] not in CLASS_LABEL_TASKS or classes is None:
         return [float(v) if math.isfinite(v) else None for v in arr.tolist()]
     decoded: list = []
     for value in arr.tolist():

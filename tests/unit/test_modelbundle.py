@@ -17,7 +17,12 @@ from tasks.features.transform import apply_transform
 from tasks.modelbundle import extract_model_tar, load_model_bundle
 from tasks.training import container
 from tasks.training.local_job import pack_model_dir
-from tests.unit.test_train_entrypoint import CLASSES, layout_opt_ml, raw_rows, write_feature_splits
+from tests.unit.test_train_entrypoint import (
+    CLASSES,
+    layout_opt_ml,
+    raw_rows,
+    write_feature_splits,
+)
 
 TASKS = ("binary_classification", "multiclass_classification", "regression")
 
@@ -165,3 +170,105 @@ def test_a_file_that_is_not_a_tar_is_a_clear_error(tmp_path):
     path.write_bytes(b"not a tarball")
     with pytest.raises(StageError, match="not a readable tar.gz"):
         extract_model_tar(path, tmp_path / "model")
+
+
+# --- isolation forests: scored with NumPy, never unpickled ----------------------------------
+
+
+def _fitted_forest(max_features: float = 1.0, contamination: object = "auto"):
+    from sklearn.ensemble import IsolationForest
+
+    rng = np.random.default_rng(11)
+    X = rng.normal(size=(700, 5)).astype(np.float32)
+    X[::37, 2] = np.nan  # scikit-learn learns where missing values go
+    model = IsolationForest(n_estimators=25, max_features=max_features, contamination=contamination, random_state=3)
+    return model.fit(X), X
+
+
+@pytest.mark.parametrize(("max_features", "contamination"), [(1.0, "auto"), (0.6, 0.1)])
+def test_the_numpy_forest_scores_as_scikit_learn_does(max_features, contamination):
+    from images.training.anomaly import export_isolation_forest
+    from tasks.modelbundle import IsolationForestScorer
+
+    model, X = _fitted_forest(max_features, contamination)
+    rng = np.random.default_rng(12)
+    queries = np.vstack([X[:50], rng.normal(0, 4, size=(200, 5)).astype(np.float32)])
+    queries[::7, 0] = np.nan
+    queries[1, :] = np.nan
+
+    scorer = IsolationForestScorer.from_document(json.loads(json.dumps(export_isolation_forest(model, 5))), 5)
+
+    np.testing.assert_allclose(scorer.score_samples(queries), model.score_samples(queries), rtol=1e-12, atol=0)
+    np.testing.assert_allclose(scorer.anomaly_scores(queries), -model.score_samples(queries), rtol=1e-12)
+    assert scorer.offset_ == model.offset_
+    # The threshold means the same: outliers where scikit-learn predicts -1.
+    np.testing.assert_array_equal(scorer.anomaly_scores(queries) > -scorer.offset_, model.predict(queries) == -1)
+
+
+def _forest_bundle(tmp_path: Path, document: dict | None = None) -> Path:
+    from images.training.anomaly import export_isolation_forest
+
+    model, _ = _fitted_forest()
+    folder = tmp_path / "forest"
+    folder.mkdir()
+    names = [f"x{i}" for i in range(5)]
+    spec = {"format": "updraft.transform/1", "task": "anomaly_detection", "label": "y", "label_classes": None,
+            "input_columns": names, "categorical": [], "feature_names": names,
+            "numeric": [{"name": n, "mean": 0.0, "std": 1.0, "fill": 0.0, "count": 1, "null_count": 0,
+                         "min": -1.0, "max": 1.0} for n in names]}
+    (folder / "transform.json").write_text(json.dumps(spec))
+    (folder / "metadata.json").write_text(json.dumps({"task": "anomaly_detection", "algorithm": "isolation_forest"}))
+    (folder / "isolation-forest.json").write_text(json.dumps(document or export_isolation_forest(model, 5)))
+    return folder
+
+
+def test_an_isolation_forest_bundle_loads_without_xgboost_files_and_predicts_frames(tmp_path):
+    bundle = load_model_bundle(_forest_bundle(tmp_path))
+
+    assert bundle.algorithm == "isolation_forest" and bundle.booster is None
+    frame = pd.DataFrame({f"x{i}": [0.0, 9.0] for i in range(5)})
+    scores = bundle.predict_frame(frame)
+    assert all(isinstance(s, float) for s in scores)
+    assert scores[1] > scores[0]  # the far point is the more anomalous
+    assert bundle.predict_features(np.zeros((0, 5), dtype=np.float32)).shape == (0,)
+
+
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [
+        (lambda d: d.update(format="pickle"), "format 'pickle'"),
+        (lambda d: d.update(n_features=4), "fitted on 4 features"),
+        (lambda d: d["trees"][0].update(children_left=[0] * len(d["trees"][0]["children_left"])), "children must be"),
+        (lambda d: d["trees"][0].update(feature=[99] * len(d["trees"][0]["feature"])), "outside 0..4"),
+        (lambda d: d["trees"][0].pop("threshold"), "must hold the lists"),
+        (lambda d: d.update(offset_="nan"), "offset_"),
+    ],
+    ids=["format", "width", "cycle", "feature", "missing-array", "offset"],
+)
+def test_a_malformed_forest_is_refused(damage, reason, tmp_path):
+    from images.training.anomaly import export_isolation_forest
+
+    document = export_isolation_forest(_fitted_forest()[0], 5)
+    damage(document)
+    with pytest.raises(StageError, match=reason):
+        load_model_bundle(_forest_bundle(tmp_path, document))
+
+
+def test_bundles_without_an_algorithm_are_xgboost_and_unknown_ones_are_refused(model_tars, tmp_path):
+    folder = extract_model_tar(model_tars["regression"], tmp_path / "m")
+    metadata = json.loads((folder / "metadata.json").read_text())
+    assert metadata["algorithm"] == "xgboost"
+    del metadata["algorithm"]  # as every bundle written before anomaly detection
+    (folder / "metadata.json").write_text(json.dumps(metadata))
+    assert load_model_bundle(folder).algorithm == "xgboost"
+
+    (folder / "metadata.json").write_text(json.dumps({**metadata, "algorithm": "pickle"}))
+    with pytest.raises(StageError, match="algorithm 'pickle'"):
+        load_model_bundle(folder)
+
+
+def test_bundle_files_name_each_algorithms_model_file():
+    from tasks.modelbundle import BUNDLE_FILES, bundle_files
+
+    assert bundle_files() == BUNDLE_FILES
+    assert bundle_files("isolation_forest") == ("isolation-forest.json", "transform.json", "metadata.json")

@@ -219,7 +219,9 @@ def test_input_problems_name_what_to_fix(curated, tmp_path) -> None:
         _run(uri, out, features=Features(numeric=("age",), categorical=("label",)), input_columns=["age", "label"])
     with pytest.raises(ConfigError, match="'kind' is categorical in the contract"):
         _run(uri, out, features=Features(numeric=("age", "kind")), input_columns=["age", "kind"])
-    with pytest.raises(ConfigError, match="task 'ranking'"):
-        _run(uri, out, task="ranking")
+    with pytest.raises(ConfigError, match="task ranking needs 'group'"):
+        _run(uri, out, task="ranking", label="age")
+    with pytest.raises(DataError, match="group column 'query' .* is not in the curated data"):
+        _run(uri, out, task="ranking", label="age", group="query", features=Features(numeric=("amount",)), input_columns=["amount"])
     with pytest.raises(ConfigError, match="'age' is not a column of the contract"):
         _run(uri, out, input_columns=["rid", "amount", "kind"])

@@ -114,7 +114,7 @@ def sagemaker_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     import os
 
     for name in list(os.environ):
-        if name.startswith("SM_") or name in (container.OMP_NUM_THREADS, container.UPDRAFT_RUN_ID):
+        if name.startswith(("SM_", "UPDRAFT_")) or name == container.OMP_NUM_THREADS:
             monkeypatch.delenv(name)
     base = tmp_path / "opt_ml"
     monkeypatch.setenv(container.BASE_DIR_ENV, str(base))
@@ -143,7 +143,9 @@ def test_trains_each_task_and_writes_the_model_folder(task, tmp_path, sagemaker_
     assert metadata["feature_names"] == ["age", "city", "income"]
     assert metadata["input_columns"] == ["age", "city", "income"]
     assert metadata["label_classes"] == CLASSES[task]
-    assert set(metadata["versions"]) >= {"python", "xgboost", "numpy", "pandas"}
+    assert set(metadata["versions"]) >= {"python", "xgboost", "numpy", "pandas", "scikit-learn"}
+    assert metadata["versions"]["xgboost"] == xgb.__version__
+    assert metadata["algorithm"] == "xgboost" and metadata["device"] == "cpu" and metadata["hosts"] == 1
     metric = METRIC[task]
     # The final metrics stand alone on their lines, name=value, and equal what metadata.json records.
     final = dict(container.parse_metric_line(line) for line in out.splitlines() if container.parse_metric_line(line))
@@ -175,6 +177,8 @@ def test_hyperparameter_strings_are_parsed_and_unknown_xgboost_ones_passed_on(tm
     })
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.setenv(container.UPDRAFT_RUN_ID, "20261126-153000-abcdef")
+    monkeypatch.setenv(container.UPDRAFT_DATA_MANIFEST_HASH, "sha256:0123abcd")
+    monkeypatch.setenv(container.UPDRAFT_GIT_REVISION, "6a0faef")
 
     code, out = run_main(capsys)
 
@@ -186,6 +190,7 @@ def test_hyperparameter_strings_are_parsed_and_unknown_xgboost_ones_passed_on(tm
     assert metadata["rounds"] == 7 and metadata["best_iteration"] == 6
     assert set(metadata["metrics"]) == {"train:auc", "train:logloss", "validation:auc", "validation:logloss"}
     assert metadata["run_id"] == "20261126-153000-abcdef"
+    assert metadata["data_manifest_hash"] == "sha256:0123abcd" and metadata["git_revision"] == "6a0faef"
 
 
 def test_sm_variables_take_precedence_over_the_default_folders(tmp_path, sagemaker_env, capsys, monkeypatch):
@@ -244,12 +249,14 @@ def test_an_unsupported_task_in_transform_json_fails_clearly(tmp_path, sagemaker
     write_feature_splits(tmp_path / "features", n_train=200, n_valid=80)
     layout_opt_ml(sagemaker_env, tmp_path / "features")
     path = sagemaker_env / "input" / "data" / "transform" / "transform.json"
-    path.write_text(json.dumps({**json.loads(path.read_text()), "task": "ranking"}))
+    path.write_text(json.dumps({**json.loads(path.read_text()), "task": "survival_analysis"}))
 
     code, _ = run_main(capsys)
 
     assert code != 0
-    assert "task 'ranking' cannot be trained" in (sagemaker_env / "output" / "failure").read_text()
+    failure = (sagemaker_env / "output" / "failure").read_text()
+    assert "task 'survival_analysis' cannot be trained" in failure
+    assert "ranking" in failure and "anomaly_detection" in failure  # the message lists what is supported
 
 
 def test_as_a_process_the_failure_reaches_the_exit_status(tmp_path, sagemaker_env):
@@ -311,15 +318,128 @@ def test_threads_come_from_the_environment_or_default_to_two():
     assert entry.default_nthread({"OMP_NUM_THREADS": "junk", "SM_NUM_CPUS": "4"}) == 4
 
 
-def test_a_job_on_several_instances_is_refused(tmp_path, sagemaker_env, capsys):
-    """Each instance would train the same model on the same data: say so instead of paying for it."""
-    write_feature_splits(tmp_path / "features", n_train=200, n_valid=80)
-    layout_opt_ml(sagemaker_env, tmp_path / "features")
-    (sagemaker_env / "input" / "config" / "resourceconfig.json").write_text(
-        json.dumps({"current_host": "algo-1", "hosts": ["algo-1", "algo-2"]})
+# --- exactly as SageMaker runs it -------------------------------------------------------------
+
+
+def _opt_ml_as_sagemaker_leaves_it(base: Path, features: Path, hyperparameters: dict[str, str]) -> None:
+    """Real folders (no links), config files as SageMaker writes them, string hyperparameters."""
+    import shutil
+
+    for channel in ("train", "validation"):
+        shutil.copytree(features / channel, base / "input" / "data" / channel)
+    (base / "input" / "data" / "transform").mkdir(parents=True)
+    shutil.copy(features / "transform.json", base / "input" / "data" / "transform" / "transform.json")
+    config = base / "input" / "config"
+    config.mkdir(parents=True)
+    assert all(isinstance(v, str) for v in hyperparameters.values())
+    (config / "hyperparameters.json").write_text(json.dumps(hyperparameters))
+    (config / "inputdataconfig.json").write_text(json.dumps({
+        name: {"ContentType": container.CHANNEL_CONTENT_TYPES[name], "TrainingInputMode": "File",
+               "S3DistributionType": "FullyReplicated", "RecordWrapperType": "None"}
+        for name in ("train", "validation", "transform")
+    }))
+    (config / "resourceconfig.json").write_text(
+        json.dumps({"current_host": "algo-1", "hosts": ["algo-1"], "network_interface_name": "eth0"})
+    )
+    for folder in ("model", "output/data", "checkpoints"):
+        (base / folder).mkdir(parents=True)
+
+
+def _as_sagemaker(base: Path) -> subprocess.CompletedProcess:
+    import os
+
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("SM_", "UPDRAFT_", "SAGEMAKER_")) and k != container.OMP_NUM_THREADS}
+    env[container.BASE_DIR_ENV] = str(base)
+    return subprocess.run(
+        [sys.executable, "-m", "images.training.train", "train"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=180,
     )
 
-    code, _ = run_main(capsys)
 
-    assert code != 0
-    assert "set train.instance_count to 1" in (sagemaker_env / "output" / "failure").read_text()
+def test_the_container_contract_end_to_end(tmp_path):
+    """`train` with only SAGEMAKER_BASE_DIR set: config files, channels, model folder, metric lines, failure file."""
+    write_feature_splits(tmp_path / "features", "binary_classification", n_train=300, n_valid=100)
+    base = tmp_path / "opt_ml"
+    _opt_ml_as_sagemaker_leaves_it(base, tmp_path / "features",
+                                   {"num_round": "12", "max_depth": "3", "eta": "0.3", "early_stopping_rounds": "4"})
+
+    proc = _as_sagemaker(base)
+
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert sorted(p.name for p in (base / "model").iterdir()) == ["metadata.json", "transform.json", "xgboost-model.json"]
+    assert (base / "model" / "transform.json").read_bytes() == (tmp_path / "features" / "transform.json").read_bytes()
+    metadata = json.loads((base / "model" / "metadata.json").read_text())
+    assert metadata["hyperparameters"]["max_depth"] == 3 and metadata["hyperparameters"]["nthread"] == 2
+    assert metadata["rows"] == {"train": 300, "validation": 100}
+    assert [p.name for p in (base / "checkpoints").iterdir()] == [container.CHECKPOINT_FILE]
+    assert not (base / "output" / "failure").exists()
+    assert "device=cpu" in proc.stdout
+    # The job's metric definitions find each final value (the last match of its regex).
+    for name, value in metadata["metrics"].items():
+        found = re.findall(container.metric_regex(name), proc.stdout)
+        assert found and float(found[-1]) == pytest.approx(value)
+
+    # Bad input: a train file that is not Parquet.
+    bad = tmp_path / "bad_opt_ml"
+    _opt_ml_as_sagemaker_leaves_it(bad, tmp_path / "features", {"num_round": "3"})
+    (bad / "input" / "data" / "train" / "part.0.parquet").write_text("id,age\n1,30\n")
+
+    proc = _as_sagemaker(bad)
+
+    assert proc.returncode != 0
+    failure = (bad / "output" / "failure").read_text()
+    assert "training channel 'train': part.0.parquet is not a Parquet file" in failure
+    assert len(failure.strip().splitlines()) == 1
+    assert not any((bad / "model").iterdir())
+
+
+# --- the device ---------------------------------------------------------------------------------
+
+
+def test_a_gpu_instance_trains_on_cuda_unless_told_otherwise():
+    from images.training.devices import choose_device
+
+    def no_probe() -> int:
+        raise AssertionError("SM_NUM_GPUS answers; nvidia-smi is not asked")
+
+    cuda = lambda: True
+    assert choose_device({}, {"SM_NUM_GPUS": "1"}, list_gpus=no_probe, has_cuda=cuda).device == "cuda"
+    assert choose_device({}, {"SM_NUM_GPUS": "0"}, list_gpus=no_probe, has_cuda=cuda).device is None
+    assert choose_device({}, {}, list_gpus=lambda: 4, has_cuda=cuda).device == "cuda"
+    assert choose_device({}, {}, list_gpus=lambda: 0, has_cuda=cuda).name == "cpu"
+    chosen = choose_device({"device": "cpu"}, {"SM_NUM_GPUS": "8"}, list_gpus=no_probe, has_cuda=cuda)
+    assert (chosen.device, chosen.reason) == ("cpu", "set by the hyperparameters")
+    cpu_build = choose_device({}, {"SM_NUM_GPUS": "1"}, list_gpus=no_probe, has_cuda=lambda: False)
+    assert cpu_build.device is None and "Dockerfile.gpu" in cpu_build.reason
+
+
+def test_nvidia_smi_is_asked_when_the_toolkit_says_nothing(tmp_path, monkeypatch):
+    from images.training.devices import count_gpus, nvidia_smi_gpus
+
+    fake = tmp_path / "nvidia-smi"
+    fake.write_text(
+        "#!/bin/sh\n[ \"$1\" = -L ] || exit 3\n"
+        "echo 'GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-1)'\necho 'GPU 1: NVIDIA H100 80GB HBM3 (UUID: GPU-2)'\n"
+    )
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert nvidia_smi_gpus() == 2
+    assert count_gpus({}) == (2, "nvidia-smi lists 2 GPUs")
+    monkeypatch.setenv("PATH", str(tmp_path / "nowhere"))
+    assert nvidia_smi_gpus() == 0
+
+
+def test_the_device_is_printed_and_a_cpu_build_stays_on_the_cpu(tmp_path, sagemaker_env, capsys, monkeypatch):
+    write_feature_splits(tmp_path / "features", n_train=200, n_valid=80)
+    layout_opt_ml(sagemaker_env, tmp_path / "features", {"num_round": "3"})
+    monkeypatch.setenv(container.SM_NUM_GPUS, "1")
+    from images.training import devices
+
+    monkeypatch.setattr(devices, "xgboost_has_cuda", lambda: False)  # as xgboost-cpu, whatever is installed here
+
+    code, out = run_main(capsys)
+
+    assert code == 0, out
+    assert "device=cpu (SM_NUM_GPUS=1, but this XGBoost has no CUDA support" in out
+    assert "device" not in json.loads((sagemaker_env / "model" / "metadata.json").read_text())["hyperparameters"]
