@@ -74,10 +74,15 @@ def run_pipeline(config: PipelineConfig, *, run_id: str | None = None, target_ki
         with _timed(timings, "preprocess"):
             prep = preprocess_stage(config, target, run_id, plan.features, plan.kinds, plan.input_columns, client)
         summary["preprocess"] = _plain(prep)
+        # 3. train with xgboost.dask on this same cluster (train.backend: dask)...
+        if config.train.backend == "dask":
+            with _timed(timings, "train"):
+                trained = train_stage(config, target, run_id, prep.features_uri, client)
 
-    # 3. train: the training container's entry point (local process or SageMaker job)
-    with _timed(timings, "train"):
-        trained = train_stage(config, target, run_id, prep.features_uri)
+    # ...or the training container's entry point (local process or SageMaker job), the cluster closed
+    if config.train.backend != "dask":
+        with _timed(timings, "train"):
+            trained = train_stage(config, target, run_id, prep.features_uri)
     summary["train"] = _plain(trained)
     # 4. evaluate: model vs baselines on the test split; the gate
     with _timed(timings, "evaluate"):

@@ -28,9 +28,8 @@ TASKS: tuple[str, ...] = (
     "ranking",
     "anomaly_detection",
 )
-#: Tasks the first-form pipeline trains end to end; the others are accepted by the
-#: config so files stay valid, and fail with a clear message at the train stage.
-SUPPORTED_TASKS: tuple[str, ...] = ("binary_classification", "multiclass_classification", "regression")
+#: Tasks the pipeline takes end to end (every task the config accepts).
+SUPPORTED_TASKS: tuple[str, ...] = TASKS
 
 _NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,38}[a-z0-9])?$")
 
@@ -147,7 +146,7 @@ SPLIT_METHODS: tuple[str, ...] = ("random", "stratified", "time", "group")
 #: The methods that need ``split.column``.
 SPLIT_COLUMN_METHODS: tuple[str, ...] = ("time", "group")
 #: Tasks whose labels are classes, so a stratified split can keep each class's share.
-STRATIFIABLE_TASKS: tuple[str, ...] = ("binary_classification", "multiclass_classification")
+STRATIFIABLE_TASKS: tuple[str, ...] = ("binary_classification", "multiclass_classification", "anomaly_detection")
 
 
 #: Where training runs: the training container (SageMaker job, or a local process), or
@@ -411,7 +410,7 @@ def parse_config(raw: Any, *, base_dir: Path | None = None, origin: str = "confi
     }
     if tune_ranges is not None:
         sections["tune"] = dataclasses.replace(sections["tune"], ranges=tune_ranges)
-    sections["train"] = _check_train(sections["train"], sections["tune"], sections["aws"], base_dir, origin)
+    sections["train"] = _check_train(sections["train"], sections["tune"], sections["aws"], task, base_dir, origin)
     raw_split = raw.get("split") if isinstance(raw.get("split"), dict) else {}
     if task == "ranking" and "method" not in raw_split:
         # A query's rows are ranked against each other: they must stay in one split.
@@ -668,7 +667,9 @@ def _parse_ranges(raw: Any, origin: str) -> tuple[HyperparameterRange, ...]:
     return tuple(ranges)
 
 
-def _check_train(train: TrainConfig, tune: TuneConfig, aws: AwsConfig, base_dir: Path | None, origin: str) -> TrainConfig:
+def _check_train(
+    train: TrainConfig, tune: TuneConfig, aws: AwsConfig, task: str, base_dir: Path | None, origin: str
+) -> TrainConfig:
     """Cross-field rules of ``train``, ``tune`` and ``aws``; resolves ``entry_point``/``source_dir`` next to the config."""
     if train.instance_count < 1 or train.max_runtime_s < 1 or train.volume_size_gb < 1:
         raise ConfigError(f"{origin}: train.instance_count, max_runtime_s and volume_size_gb must be positive")
@@ -700,6 +701,8 @@ def _check_train(train: TrainConfig, tune: TuneConfig, aws: AwsConfig, base_dir:
         raise ConfigError(f"{origin}: tune.strategy {tune.strategy!r} must be one of {', '.join(TUNE_STRATEGIES)}")
     if tune.objective is not None and not re.match(r"^(train|validation):[\w.@-]+$", tune.objective):
         raise ConfigError(f"{origin}: tune.objective {tune.objective!r} must look like validation:<metric>")
+    if train.backend == "dask" and task == "anomaly_detection":
+        raise ConfigError(f"{origin}: anomaly detection trains an IsolationForest in the training container; remove train.backend: dask")
     if tune.enabled and train.backend != "container":
         raise ConfigError(f"{origin}: tune searches with training-container jobs; remove train.backend: {train.backend}")
 
@@ -717,7 +720,9 @@ def _check_train(train: TrainConfig, tune: TuneConfig, aws: AwsConfig, base_dir:
 
 
 #: Metrics where larger is better (the rest, losses and errors, are minimised).
-_MAXIMIZED_METRIC = re.compile(r"^(auc|aucpr|roc_auc|pr_auc|accuracy|f1|precision|recall|ndcg|map|pre|r2)([@_].*)?$")
+_MAXIMIZED_METRIC = re.compile(
+    r"^(?:[a-z0-9]+_)?(auc|aucpr|roc_auc|pr_auc|accuracy|f1|precision|recall|ndcg|map|pre|r2)([@_].*)?$"
+)
 
 
 def metric_is_maximized(name: str) -> bool:

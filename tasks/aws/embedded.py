@@ -8,7 +8,9 @@ it restores the environment exactly as it was.
 from __future__ import annotations
 
 import os
+import re
 from types import TracebackType
+from typing import Any
 
 EMBEDDED_ENV = {
     "AWS_ACCESS_KEY_ID": "updraft-embedded",
@@ -81,3 +83,22 @@ class EmbeddedAWS:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         self.stop()
+
+
+def amend_training_job(name: str, fields: dict[str, Any], region: str | None = None) -> bool:
+    """Write a local run's real status, timings and metrics into the job moto recorded; False if moto has no such job.
+
+    moto answers fixed timings and a placeholder metric for every job it records. The
+    embedded endpoint runs in this process, so its state is reachable here; this is the
+    only place that reaches into moto, and only for the embedded target.
+    """
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.sagemaker.models import sagemaker_backends
+
+    region = region or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    job = sagemaker_backends[DEFAULT_ACCOUNT_ID][region].training_jobs.get(name)
+    if job is None:
+        return False
+    for key, value in fields.items():  # moto keeps each field as a snake_case attribute
+        setattr(job, re.sub(r"(?<!^)(?=[A-Z])", "_", key).lower(), value)
+    return True
