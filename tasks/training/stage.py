@@ -150,7 +150,7 @@ def train_stage(
 
     if target.is_local:
         if config.tune.enabled:
-            return _tune_locally(config, fs, request, script=script, work_dir=work_dir, model_uri=model_uri,
+            return _tune_locally(config, target, request, script=script, work_dir=work_dir, model_uri=model_uri,
                                  output_prefix=layout.model_prefix(run_id) + "tuning/", environment=environment)
         log.info(
             "training job %s: the %s as %s",
@@ -231,13 +231,30 @@ def _has_metadata(model_dir: Path) -> bool:
 
 
 def _tune_locally(
-    config: PipelineConfig, fs: Any, request: dict[str, Any], *, script: ScriptSpec | None, work_dir: Path,
+    config: PipelineConfig, target: Target, request: dict[str, Any], *, script: ScriptSpec | None, work_dir: Path,
     model_uri: str, output_prefix: str, environment: dict[str, str],
 ) -> TrainResult:
-    """Optuna over ``tune.ranges`` with local trials; the best trial's model becomes the run's model."""
+    """Optuna over ``tune.ranges`` with local trials; the best trial's model becomes the run's model.
+
+    Each completed trial is recorded as a training job of its own (as a SageMaker tuning
+    job's trials are), so ``list_training_jobs`` shows the whole search.
+    """
     from tasks.training.local_tuning import run_local_tuning
 
+    fs = target.filesystem()
     job_name = request["TrainingJobName"]
+
+    def run_and_record_trial(**kwargs: Any) -> TrainResult:
+        result = run_local_training_job(**kwargs)
+        trial_request = {
+            **request,
+            "TrainingJobName": kwargs["job_name"],
+            "HyperParameters": container.stringify_hyperparameters(kwargs["hyperparameters"]),
+            "OutputDataConfig": {**request["OutputDataConfig"], "S3OutputPath": output_prefix},
+        }
+        _record(target, trial_request, result)
+        return result
+
     tuning = run_local_tuning(
         job_name=job_name,
         work_dir=work_dir / "tuning",
@@ -251,6 +268,7 @@ def _tune_locally(
         instance_count=config.train.instance_count,
         script=script,
         default_objective=None if script else default_objective(config.task),
+        train_fn=run_and_record_trial,
     )
     best = tuning.best_result
     fs.copy(best.model_uri, model_uri)

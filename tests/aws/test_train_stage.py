@@ -77,6 +77,13 @@ def test_tuning_picks_the_best_trial_and_its_model_becomes_the_runs(embedded_tar
     layout = Layout(moto_s3_bucket, "claims")
     assert fs.cat(layout.model(run_id)) == fs.cat(best["model_uri"])
     assert load_model_bundle(result.model_dir).metadata["hyperparameters"]["max_depth"] == best["hyperparameters"]["max_depth"]
+    # every trial is a training job in the endpoint's SageMaker API, with its own hyperparameters
+    sm = embedded_target.client("sagemaker")
+    names = {j["TrainingJobName"] for j in sm.list_training_jobs(MaxResults=100)["TrainingJobSummaries"]}
+    assert {t["job_name"] for t in trials} <= names
+    desc = sm.describe_training_job(TrainingJobName=best["job_name"])
+    assert desc["HyperParameters"]["max_depth"] == str(best["hyperparameters"]["max_depth"])
+    assert desc["ModelArtifacts"]["S3ModelArtifacts"] == best["model_uri"]
 
 
 def test_two_instances_train_together_on_shards_of_the_train_files(embedded_target, moto_s3_bucket, features):
