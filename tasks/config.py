@@ -228,16 +228,69 @@ class TuneConfig:
 
 @dataclass(frozen=True)
 class GateConfig:
-    """The model goes on only if it beats the best baseline by at least ``min_lift`` on the main metric."""
+    """When a model may go on: it must beat the best baseline by more than ``min_lift`` on the
+    main metric, and may fall behind the champion (the endpoint's current model) by at most
+    ``max_regression`` at ``confidence`` (a one-sided paired bootstrap)."""
 
     min_lift: float = 0.0
+    max_regression: float = 0.0
+    confidence: float = 0.95
+
+
+#: How a binary classifier's decision threshold is chosen for F1 and recall.
+THRESHOLD_RULES: tuple[str, ...] = ("fixed", "max_f1")
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """How the model is judged beyond the gate's main metric.
+
+    ``segment``: a column of the curated data whose values get their own metrics (slices).
+    ``bootstrap``: resamples for every confidence interval. ``threshold``: the binary
+    decision cut for F1 and recall (``threshold_rule: max_f1`` picks it on the validation
+    split instead). ``ndcg_k``/``precision_k``: the cut-offs of the ranking and anomaly
+    metrics (precision_k 0 means the number of true anomalies).
+    """
+
+    segment: str | None = None
+    bootstrap: int = 1000
+    threshold: float = 0.5
+    threshold_rule: str = "fixed"
+    ndcg_k: int = 10
+    precision_k: int = 0
+
+
+#: How a SageMaker endpoint update shifts traffic to the new variant (blue/green).
+DEPLOY_STRATEGIES: tuple[str, ...] = ("all_at_once", "canary", "linear")
 
 
 @dataclass(frozen=True)
 class DeployConfig:
+    """Where and how the model serves.
+
+    ``strategy``: blue/green traffic shifting on update (``canary_percent`` first, or
+    ``linear_step_percent`` at a time, each step held ``wait_s``); CloudWatch alarms on 5xx
+    errors and p99 latency above ``max_latency_ms`` roll it back. ``min_instances`` ..
+    ``max_instances`` with a target of ``target_invocations`` per instance per minute
+    autoscale it; ``data_capture_percent`` > 0 captures requests and responses to S3;
+    ``serverless_memory_mb`` > 0 makes it a serverless endpoint instead.
+    """
+
     endpoint_name: str | None = None
     instance_type: str = "ml.m5.large"
     require_passed: bool = True
+    strategy: str = "all_at_once"
+    canary_percent: int = 10
+    linear_step_percent: int = 25
+    wait_s: int = 300
+    max_latency_ms: int = 500
+    max_error_rate: float = 0.01
+    min_instances: int = 1
+    max_instances: int = 1
+    target_invocations: int = 1000
+    data_capture_percent: int = 0
+    serverless_memory_mb: int = 0
+    serverless_max_concurrency: int = 10
 
 
 @dataclass(frozen=True)
@@ -307,6 +360,7 @@ class PipelineConfig:
     train: TrainConfig = TrainConfig()
     tune: TuneConfig = TuneConfig()
     gate: GateConfig = GateConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
     deploy: DeployConfig = DeployConfig()
     aws: AwsConfig = AwsConfig()
     dask: DaskConfig = DaskConfig()
@@ -329,6 +383,7 @@ _SECTIONS: dict[str, type] = {
     "train": TrainConfig,
     "tune": TuneConfig,
     "gate": GateConfig,
+    "evaluate": EvaluateConfig,
     "deploy": DeployConfig,
     "aws": AwsConfig,
     "dask": DaskConfig,
@@ -444,6 +499,7 @@ def parse_config(raw: Any, *, base_dir: Path | None = None, origin: str = "confi
         )
     if ingest.partition_by == "":
         raise ConfigError(f"{origin}: ingest.partition_by is empty; name a datetime column or remove the key")
+    _check_judging(sections["gate"], sections["evaluate"], sections["deploy"], raw["label"], origin)
     endpoint_name = sections["deploy"].endpoint_name
     if endpoint_name is not None and not _NAME_RE.match(endpoint_name):
         raise ConfigError(f"{origin}: deploy.endpoint_name {endpoint_name!r} must match {_NAME_RE.pattern}")
@@ -729,3 +785,38 @@ def metric_is_maximized(name: str) -> bool:
     """Whether a larger value of ``name`` (``validation:auc``, ``ndcg@10``, ``rmse``...) is better."""
     metric = name.rsplit(":", 1)[-1].lower()
     return bool(_MAXIMIZED_METRIC.match(metric))
+
+
+def _check_judging(gate: GateConfig, evaluate: EvaluateConfig, deploy: DeployConfig, label: str, origin: str) -> None:
+    """Cross-field rules of ``gate``, ``evaluate`` and ``deploy``."""
+    if gate.max_regression < 0:
+        raise ConfigError(f"{origin}: gate.max_regression must be >= 0 (how far the champion may be ahead)")
+    if not 0.5 <= gate.confidence < 1:
+        raise ConfigError(f"{origin}: gate.confidence {gate.confidence} must be in [0.5, 1), e.g. 0.95")
+    if evaluate.segment is not None and evaluate.segment == label:
+        raise ConfigError(f"{origin}: evaluate.segment {evaluate.segment!r} is the label; name another column")
+    if evaluate.bootstrap < 100:
+        raise ConfigError(f"{origin}: evaluate.bootstrap must be at least 100 resamples")
+    if not 0 < evaluate.threshold < 1:
+        raise ConfigError(f"{origin}: evaluate.threshold {evaluate.threshold} must be between 0 and 1")
+    if evaluate.threshold_rule not in THRESHOLD_RULES:
+        raise ConfigError(f"{origin}: evaluate.threshold_rule {evaluate.threshold_rule!r} must be one of {', '.join(THRESHOLD_RULES)}")
+    if evaluate.ndcg_k < 1 or evaluate.precision_k < 0:
+        raise ConfigError(f"{origin}: evaluate.ndcg_k must be >= 1 and evaluate.precision_k >= 0")
+    if deploy.strategy not in DEPLOY_STRATEGIES:
+        raise ConfigError(f"{origin}: deploy.strategy {deploy.strategy!r} must be one of {', '.join(DEPLOY_STRATEGIES)}")
+    for key in ("canary_percent", "linear_step_percent"):
+        if not 1 <= getattr(deploy, key) <= 99:
+            raise ConfigError(f"{origin}: deploy.{key} must be between 1 and 99")
+    if deploy.wait_s < 0 or deploy.max_latency_ms < 1 or not 0 <= deploy.max_error_rate < 1:
+        raise ConfigError(f"{origin}: deploy.wait_s >= 0, deploy.max_latency_ms >= 1 and deploy.max_error_rate in [0, 1)")
+    if not 1 <= deploy.min_instances <= deploy.max_instances:
+        raise ConfigError(f"{origin}: deploy needs 1 <= min_instances <= max_instances")
+    if deploy.target_invocations < 1:
+        raise ConfigError(f"{origin}: deploy.target_invocations must be >= 1 (invocations per instance per minute)")
+    if not 0 <= deploy.data_capture_percent <= 100:
+        raise ConfigError(f"{origin}: deploy.data_capture_percent must be between 0 and 100")
+    if deploy.serverless_memory_mb and deploy.serverless_memory_mb not in (1024, 2048, 3072, 4096, 5120, 6144):
+        raise ConfigError(f"{origin}: deploy.serverless_memory_mb must be one of 1024, 2048, 3072, 4096, 5120, 6144 (or 0)")
+    if deploy.serverless_memory_mb and not 1 <= deploy.serverless_max_concurrency <= 200:
+        raise ConfigError(f"{origin}: deploy.serverless_max_concurrency must be between 1 and 200")
