@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# constraints.txt holds the versions measured together; see ENVIRONMENT notes in the README.
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,torch]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,torch,aws]'
 	touch $(STAMP)
 
 install: $(STAMP)
