@@ -153,7 +153,7 @@ def train(args: argparse.Namespace) -> dict[str, float]:
             loss = loss_fn(model(Xt[batch]), yt[batch])
             loss.backward()
             optimizer.step()
-            total += float(loss) * len(batch)
+            total += float(loss.detach()) * len(batch)
         model.eval()
         with torch.no_grad():
             p_train = torch.sigmoid(model(Xt)).cpu().numpy()
