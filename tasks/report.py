@@ -44,11 +44,12 @@ img.plot{max-width:100%;border:1px solid #e6eaef;border-radius:4px}
 """
 
 _SECONDARY_NAMES = {
-    "pr_auc": "PR-AUC", "log_loss": "log loss", "accuracy": "accuracy", "mae": "MAE", "r2": "R²",
-    "map@10": "MAP@10", "queries": "test queries judged", "queries_unjudged": "test queries not judged (one row, or none relevant)",
+    "queries": "test queries judged", "queries_unjudged": "test queries not judged (one row, or none relevant)",
     "precision_at_k": "precision@k (k = true anomalies)", "anomaly_rate": "anomaly rate (precision@k of a random score)",
     "labelled": "labelled test rows", "anomalies": "anomalies among them",
 }
+#: The gate's checks, as the report names them.
+_CHECK_NAMES = {"test_size": "enough test data", "baseline": "beats the best baseline", "champion": "no regression vs the champion"}
 #: Secondary entries that count things: shown as whole numbers.
 _SECONDARY_COUNTS = frozenset({"queries", "queries_unjudged", "labelled", "anomalies"})
 _STAGE_ORDER = ("preflight", "ingest", "preprocess", "train", "evaluate", "register", "deploy", "report")
@@ -266,15 +267,19 @@ def _header(summary: dict[str, Any], ev: dict[str, Any]) -> str:
     return f"<header><h1>updraft run {_code(run_id)}</h1><p class='meta'>{facts_html}</p>{source}{verdict}</header>"
 
 
+def _ci(ci: Any) -> str:
+    return f"[{_num(ci[0])}, {_num(ci[1])}]" if isinstance(ci, (list, tuple)) and len(ci) == 2 else "—"
+
+
 def _evaluation_section(ev: dict[str, Any]) -> str:
     if not ev:
         return "<section id='evaluation'><h2>Model vs baselines</h2>" + _not_run("evaluate") + "</section>"
     name = metric_label(str(ev.get("metric", "metric")))
     higher = bool(ev.get("greater_is_better", True))
     model = ev.get("model")
-    ci = ev.get("model_ci") or []
-    ci_text = f"[{_num(ci[0])}, {_num(ci[1])}]" if len(ci) == 2 else "—"
+    ci_text = _ci(ev.get("model_ci") or [])
     baselines = ev.get("baselines") or {}
+    baseline_ci = ev.get("baseline_ci") or {}
     best = ev.get("best_baseline")
     rows = [["<strong>model</strong>", _num(model), ci_text, ""]]
     classes = ["model"]
@@ -282,7 +287,8 @@ def _evaluation_section(ev: dict[str, Any]) -> str:
         diff = None
         if isinstance(model, (int, float)) and isinstance(value, (int, float)):
             diff = (model - value) if higher else (value - model)
-        rows.append([_e(bname) + (" (best)" if bname == best else ""), _num(value), "", _num(diff)])
+        rows.append([_e(bname) + (" (best)" if bname == best else ""), _num(value),
+                     _ci(baseline_ci[bname]) if bname in baseline_ci else "", _num(diff)])
         classes.append("best" if bname == best else "")
     direction = "higher is better" if higher else "lower is better"
     table = _table(
@@ -291,24 +297,150 @@ def _evaluation_section(ev: dict[str, Any]) -> str:
         classes,
         numeric=(1, 3),
     )
+    lift_ci = ev.get("lift_ci") or []
     gate = _table(
-        ["best baseline", "lift", "min_lift", "decision"],
-        [[_e(best), _num(ev.get("lift")), _num(ev.get("min_lift")), "passed" if ev.get("passed") else "<strong>failed</strong>"]],
-        numeric=(1, 2),
-    )
-    secondary = ev.get("secondary") or {}
-    secondary_html = (
-        "<h3>Other metrics of the model</h3>"
-        + _table(["metric", "value"], [[_e(_SECONDARY_NAMES.get(k, k)), _num(_count(k, v))] for k, v in secondary.items()], numeric=(1,))
-        if secondary
-        else ""
+        ["best baseline", "lift", "lift 95% CI (paired)", "min_lift", "decision"],
+        [[_e(best), _num(ev.get("lift")), _ci(lift_ci), _num(ev.get("min_lift")),
+          "passed" if ev.get("passed") else "<strong>failed</strong>"]],
+        numeric=(1, 3),
     )
     n_test = ev.get("n_test")
     intro = f"<p class='meta'>Scored on {_num(n_test)} test rows; baselines fitted on the train split.</p>"
     return (
         "<section id='evaluation'><h2>Model vs baselines</h2>" + intro + table + gate
-        + f"<p>{_e(ev.get('reason') or '')}</p>" + secondary_html + _plot(ev.get("plots") or {}) + "</section>"
+        + f"<p>{_e(ev.get('reason') or '')}</p>" + _gate_checks(ev.get("gate") or {}) + _metrics_table(ev)
+        + _threshold_line(ev.get("threshold")) + _plot(ev.get("plots") or {}) + "</section>"
+        + _calibration_section(ev.get("calibration")) + _champion_section(ev.get("champion"), name, higher)
+        + _slices_section(ev.get("slices"))
     )
+
+
+def _gate_checks(gate: dict[str, Any]) -> str:
+    checks = gate.get("checks") or []
+    if not checks:
+        return ""
+    rows = []
+    for check in checks:
+        passed = check.get("passed")
+        result = "passed" if passed else ("not applied" if passed is None else "<strong>failed</strong>")
+        rows.append([_e(_CHECK_NAMES.get(check.get("check"), check.get("check"))), result, _e(check.get("detail") or "")])
+    decided = gate.get("decided_by")
+    head = f"<h3>The gate's checks</h3><p class='meta'>decided by: {_e(decided)}</p>" if decided else "<h3>The gate's checks</h3>"
+    return head + _table(["check", "result", "numbers"], rows)
+
+
+def _metrics_table(ev: dict[str, Any]) -> str:
+    """Every metric of the model with its interval; then what ``secondary`` holds beyond them (counts, rates)."""
+    metrics = ev.get("metrics") or {}
+    secondary = ev.get("secondary") or {}
+    parts = []
+    if metrics:
+        rows = []
+        for key, entry in metrics.items():
+            entry = entry if isinstance(entry, dict) else {"value": entry}
+            direction = "higher is better" if entry.get("greater_is_better", True) else "lower is better"
+            rows.append([_e(metric_label(key)), _num(entry.get("value")), _ci(entry.get("ci")), direction])
+        parts.append("<h3>Metrics of the model</h3>" + _table(["metric", "value", "95% CI (bootstrap)", ""], rows, numeric=(1,)))
+    rest = {k: v for k, v in secondary.items() if k not in metrics}
+    if rest:
+        title = "Other figures" if metrics else "Other metrics of the model"
+        parts.append(
+            f"<h3>{title}</h3>"
+            + _table(["metric", "value"], [[_e(_SECONDARY_NAMES.get(k, metric_label(k))), _num(_count(k, v))] for k, v in rest.items()], numeric=(1,))
+        )
+    return "".join(parts)
+
+
+def _threshold_line(threshold: Any) -> str:
+    if not isinstance(threshold, dict) or threshold.get("value") is None:
+        return ""
+    text = f"Decision threshold for F1, recall, precision and accuracy: {_num(threshold['value'])} ({_e(threshold.get('rule'))}, chosen on {_e(threshold.get('chosen_on'))}"
+    if threshold.get("validation_f1") is not None:
+        text += f"; F1 there {_num(threshold['validation_f1'])}"
+    text += ")."
+    if threshold.get("note"):
+        text += f" {_e(threshold['note'])}."
+    return f"<p class='meta'>{text}</p>"
+
+
+def _calibration_section(calibration: Any) -> str:
+    if not isinstance(calibration, dict) or not calibration.get("bins"):
+        return ""
+    rows = [
+        [f"{_num(b.get('lower'), 1)}–{_num(b.get('upper'), 1)}", _num(b.get("count")), _num(b.get("mean_predicted")),
+         _num(b.get("observed_rate"))]
+        for b in calibration["bins"]
+    ]
+    return (
+        "<section id='calibration'><h2>Calibration</h2>"
+        f"<p>Expected calibration error {_num(calibration.get('ece'))}, Brier score {_num(calibration.get('brier'))}"
+        " (lower is better for both). A calibrated model's observed rate matches its mean predicted probability in every bin.</p>"
+        + _table(["predicted probability", "test rows", "mean predicted", "observed rate"], rows, numeric=(1, 2, 3))
+        + "</section>"
+    )
+
+
+def _champion_section(champion: Any, name: str, higher: bool) -> str:
+    head = "<section id='champion'><h2>Challenger vs champion</h2>"
+    if not isinstance(champion, dict):
+        return head + "<p>No champion: no model serves the endpoint yet (first deployment), so the baselines decide.</p></section>"
+    facts = [f"model data {_code(champion['source'])}"] if champion.get("source") else []
+    facts += [f"run {_code(champion['run_id'])}"] if champion.get("run_id") else []
+    source = f"<p class='meta'>The champion (the model serving the endpoint): {', '.join(facts)}</p>" if facts else ""
+    status = champion.get("status")
+    if status != "compared":
+        what = "could not be read" if status == "unavailable" else "was not compared"
+        return head + source + f"<p>The champion {what}: {_e(champion.get('reason') or '')}.</p></section>"
+    confidence = champion.get("confidence") or 0.95
+    level = f"{100 * confidence:g}%"
+    two_sided = f"{100 * (2 * confidence - 1):g}%"
+    direction = "higher is better" if higher else "lower is better"
+    table = _table(
+        ["model", f"{_e(name)} <span class='meta'>({direction})</span>", "95% CI"],
+        [["<strong>challenger (this run)</strong>", _num(champion.get("challenger")), ""],
+         ["champion", _num(champion.get("value")), _ci(champion.get("ci"))]],
+        ["model", ""],
+        numeric=(1,),
+    )
+    diff = _table(
+        ["difference (challenger better when positive)", f"{two_sided} CI (paired)", f"one-sided {level} lower bound",
+         "allowed regression", "share of resamples regressing more"],
+        [[_num(champion.get("difference")), _ci(champion.get("difference_ci")), _num(champion.get("lower_bound")),
+          _num(champion.get("max_regression")), _num(champion.get("p_regression"))]],
+        numeric=(0, 2, 3, 4),
+    )
+    where = f"<p class='meta'>Both scored on {_e(champion.get('scored_on'))}; {_num(champion.get('units'))} units resampled together.</p>"
+    return head + source + where + table + diff + "</section>"
+
+
+def _slices_section(slices: Any) -> str:
+    if not isinstance(slices, dict):
+        return ""
+    column = slices.get("column")
+    head = f"<section id='slices'><h2>By {_e(column)}</h2>"
+    if slices.get("problem"):
+        return head + f"<p>No slices: {_e(slices['problem'])}.</p></section>"
+    name = metric_label(str(slices.get("metric") or ""))
+    entries = slices.get("rows") or []
+    unit = slices.get("unit") or "units"
+    # Ranking counts queries and anomaly detection labelled rows: then both counts are shown.
+    by_units = any(row.get("units") != row.get("rows") for row in entries)
+    rows = []
+    for row in entries:
+        flag = f"small (under {_num(slices.get('min_units'))} {_e(unit)}): read with care" if row.get("small") else ""
+        counts = [_num(row.get("rows"))] + ([_num(row.get("units"))] if by_units else [])
+        rows.append([_e(row.get("value")), *counts, _num(row.get("model")), _ci(row.get("ci")),
+                     _num(row.get("best_baseline")), flag])
+    count_heads = ["test rows"] + ([_e(unit)] if by_units else [])
+    first = 1 + len(count_heads)
+    table = _table(
+        ["value", *count_heads, f"model {_e(name)}", "95% CI", f"{_e(slices.get('best_baseline') or 'best baseline')}", ""],
+        rows, numeric=(*range(1, first + 1), first + 2),
+    )
+    more = ""
+    if slices.get("other_values"):
+        more = f"<p class='meta'>{_num(slices['other_values'])} rarer values ({_num(slices.get('other_rows'))} rows) are not shown.</p>"
+    return head + table + more + "</section>"
 
 
 def _count(key: str, value: Any) -> Any:
@@ -386,7 +518,38 @@ def _training_section(summary: dict[str, Any]) -> str:
             body += "<h3>Training metrics</h3>" + _table(
                 ["metric", "value"], [[_e(k), _num(v)] for k, v in metrics.items()], numeric=(1,)
             )
+        if train.get("tuning"):
+            body += _tuning_table(train["tuning"])
     return f"<section id='training'><h2>Training</h2>{body}</section>"
+
+
+def _tuning_table(tuning: dict[str, Any]) -> str:
+    """The hyperparameter search: the best trial, then every trial (or a tuning job's status counts)."""
+    best = tuning.get("best_trial")
+    head = (
+        f"<h3>Hyperparameter tuning</h3><p>Objective {_code(tuning.get('objective'))} "
+        f"({'maximised' if tuning.get('maximize', True) else 'minimised'}"
+        + (f", {_e(tuning['backend'])}" if tuning.get("backend") else "")
+        + f"): best trial {_code(best)} with {_num(tuning.get('best_value'))}.</p>"
+    )
+    trials = tuning.get("trials")
+    if isinstance(trials, dict):  # a SageMaker tuning job reports counts by status
+        return head + _table(["trials", "count"], [[_e(k), _num(v)] for k, v in trials.items()], numeric=(1,))
+    if not isinstance(trials, list) or not trials:
+        return head
+    names = sorted({k for t in trials if isinstance(t, dict) for k in (t.get("hyperparameters") or {})})
+    rows, classes = [], []
+    for t in trials:
+        if not isinstance(t, dict):
+            continue
+        hp = t.get("hyperparameters") or {}
+        rows.append([_num(t.get("trial")), _code(t.get("job_name")), _e(t.get("state") or ""), _num(t.get("objective")),
+                     *[_num(hp.get(n)) for n in names], _num(t.get("duration_s"), 1), _e(t.get("error") or "")])
+        classes.append("best" if t.get("job_name") == best else "")
+    return head + _table(
+        ["trial", "training job", "state", "objective", *[_e(n) for n in names], "seconds", "error"],
+        rows, classes, numeric=(0, 3, *range(4, 4 + len(names) + 1)),
+    )
 
 
 def _registry_section(summary: dict[str, Any]) -> str:

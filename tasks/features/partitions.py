@@ -28,6 +28,7 @@ from tasks.features.transform import (
     OPTIONAL_LABEL_TASKS,
     apply_transform,
     category_codes,
+    category_strings,
     coded_columns,
     encode_labels,
     group_ids,
@@ -38,6 +39,9 @@ from tasks.features.transform import (
 LABEL_COLUMN = "_label"
 #: The ranking query id of each row (int64, :func:`tasks.features.transform.group_ids`); never a feature.
 GROUP_COLUMN = "_group"
+#: The raw value of ``evaluate.segment`` (a string, :func:`tasks.features.transform.category_strings`;
+#: null where missing), carried so the evaluation can report metrics per value; never a feature.
+SEGMENT_COLUMN = "_segment"
 
 
 @dataclass(frozen=True)
@@ -211,10 +215,12 @@ def transform_partition(
     plan: SplitPlan,
     codes: np.ndarray | None = None,
     device: str = "cpu",
+    segment: str | None = None,
 ) -> Written:
     """Encode one partition and write its rows of each split as ``<split>/part.NNNNN.parquet``:
-    the features, ``_label``, and for ranking ``_group`` (the query id; rows are not sorted by
-    it here: the training entry point sorts)."""
+    the features, ``_label``, for ranking ``_group`` (the query id; rows are not sorted by
+    it here: the training entry point sorts), and with ``segment`` (``evaluate.segment``)
+    that column's raw values as text in ``_segment``."""
     frame, _ = drop_unlabelled(frame, spec["label"], spec["task"])
     if codes is None:
         codes = assign_splits(frame, plan, label=spec["label"])
@@ -230,7 +236,10 @@ def transform_partition(
     grouped[LABEL_COLUMN] = labels.take(order)
     if spec.get("group"):
         grouped[GROUP_COLUMN] = group_ids(frame[spec["group"]]).take(order)
-    options = {**PARQUET_OPTIONS, "use_dictionary": [*coded_columns(spec), LABEL_COLUMN]}
+    if segment:
+        text = category_strings(frame[segment]).to_numpy(dtype=object, na_value=None)
+        grouped[SEGMENT_COLUMN] = pa.array(text.take(order), type=pa.string())
+    options = {**PARQUET_OPTIONS, "use_dictionary": [*coded_columns(spec), LABEL_COLUMN, *([SEGMENT_COLUMN] if segment else [])]}
     fs, root = fsspec.core.url_to_fs(features_uri, **(storage_options or {}))
     root = root.rstrip("/")
     written = {}

@@ -39,6 +39,7 @@ from tasks.errors import ConfigError, DataError
 from tasks.features.partitions import (
     GROUP_COLUMN,
     LABEL_COLUMN,
+    SEGMENT_COLUMN,
     Piece,
     read_piece,
     FitPartial,
@@ -85,6 +86,7 @@ def preprocess_dataset(
     client: "Client | None" = None,
     device: str = "auto",
     group: str | None = None,
+    segment: str | None = None,
 ) -> PreprocessResult:
     """Fit the transform on the train split of the curated data and write every split's features.
 
@@ -97,7 +99,9 @@ def preprocess_dataset(
     ``_group`` column of every split (rows with no query form one group, with a warning),
     and the label is a relevance grade of 0 or more. ``anomaly_detection`` keeps rows with no
     label (``_label`` NaN: unknown); its label, where present, is binary, and the second class
-    in sorted order marks an anomaly. See docs/design.md ("transform.json").
+    in sorted order marks an anomaly. ``segment`` (``evaluate.segment``) names a column whose
+    raw values every split carries as text in ``_segment`` (never a feature), so the
+    evaluation can report metrics per value. See docs/design.md ("transform.json").
     """
     _check_request(features=features, kinds=kinds, label=label, task=task, input_columns=input_columns, group=group)
     storage_options = dict(storage_options or {})
@@ -108,6 +112,7 @@ def preprocess_dataset(
     started = time.perf_counter()
     pieces, schema, stored_bytes = _plan_reads(curated_uri, storage_options)
     _check_columns(schema, features, label, task, curated_uri, group)
+    _check_segment(schema, segment, label, curated_uri)
     _warn_ranking_split(task, group, split)
     read = dask.delayed(read_piece, pure=True)
     parts = _keep_in_memory_if_small([read(piece, storage_options) for piece in pieces], stored_bytes, client)
@@ -174,7 +179,10 @@ def preprocess_dataset(
     write_task = dask.delayed(transform_partition, pure=False)  # it writes files: never deduplicate
     shared_spec = dask.delayed(spec, traverse=False)  # one graph node, shipped to each worker once
     writes = [
-        write_task(p, part=i, spec=shared_spec, features_uri=features_uri, storage_options=storage_options, plan=plan, codes=c, device=device)
+        write_task(
+            p, part=i, spec=shared_spec, features_uri=features_uri, storage_options=storage_options, plan=plan, codes=c,
+            device=device, segment=segment,
+        )
         for i, (p, c) in enumerate(zip(parts, codes))
     ]
     done: Written = tree_reduce(_compute(writes, client), merge_written)
@@ -257,7 +265,11 @@ def _check_request(
         raise ConfigError("no feature columns: list some under features.numeric, features.categorical or features.datetime")
     if label in features.all:
         raise ConfigError(f"label {label!r} is also listed as a feature; remove it from features")
-    for reserved, what in ((LABEL_COLUMN, "the encoded label column"), (GROUP_COLUMN, "the ranking query id column")):
+    for reserved, what in (
+        (LABEL_COLUMN, "the encoded label column"),
+        (GROUP_COLUMN, "the ranking query id column"),
+        (SEGMENT_COLUMN, "the evaluation's segment column"),
+    ):
         if reserved in features.all:
             raise ConfigError(f"a feature may not be named {reserved!r} (it names {what})")
     for name in features.numeric:
@@ -355,6 +367,19 @@ def _check_columns(schema: pa.Schema, features: Features, label: str, task: str,
         raise DataError(f"regression needs a numeric label, but {label!r} has dtype {kind}")
     if task == "ranking" and not numeric:
         raise DataError(f"ranking needs a numeric relevance grade (0 = not relevant) as its label, but {label!r} has dtype {kind}")
+
+
+def _check_segment(schema: pa.Schema, segment: str | None, label: str, curated_uri: str) -> None:
+    """``evaluate.segment`` must be a column of the curated data other than the label."""
+    if segment is None:
+        return
+    if segment == label:
+        raise ConfigError(f"evaluate.segment {segment!r} is the label; name another column")
+    if segment not in schema.names:
+        raise DataError(
+            f"evaluate.segment {segment!r} is not a column of the curated data at {curated_uri}"
+            f" (columns: {', '.join(schema.names)}): name one of them, or add it to the contract and the data"
+        )
 
 
 def _check_grades(fitted: FitPartial, label: str) -> None:
@@ -465,6 +490,7 @@ def preprocess_stage(
         client=client,
         device=config.dask.device,
         group=config.group,
+        segment=config.evaluate.segment,
     )
 
 

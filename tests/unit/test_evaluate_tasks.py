@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import html
 import json
 import math
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -21,7 +23,7 @@ from tasks.evaluate import (
     precision_at_k,
 )
 from tasks.registry import gate_metadata
-from tasks.report import render_report
+from tasks.report import _num, render_report
 
 FEATURES = ["f0", "f1", "f2", "f3"]
 
@@ -293,3 +295,185 @@ def test_the_report_shows_ranking_metrics_and_the_ndcg_curve(ranking):
     assert "NDCG@10" in page and "MAP@10" in page and "best_single_feature (best)" in page
     assert "alt='NDCG at each cut-off of the model and the baselines'" in page
     assert f"<td class='num'>{int(result.secondary['queries'])}</td>" in page  # a count, not 191.0000
+
+
+# --------------------------------------------------------------------------------------
+# ranking's popularity baseline, cut-offs from the config, anomaly metrics
+
+
+def _item_queries(n_queries: int, seed: int) -> pd.DataFrame:
+    """Each row is an item (f3 holds its code, 1..30); an item's popularity drives its grade,
+    and f0 adds a per-row signal only a model combining both captures."""
+    rng = np.random.default_rng(seed)
+    appeal = np.random.default_rng(0).normal(size=31)  # the same items in train and test
+    sizes = rng.integers(5, 12, n_queries)
+    groups = np.repeat(np.arange(n_queries), sizes)
+    item = rng.integers(1, 31, groups.size)
+    X = rng.normal(size=(groups.size, 4))
+    X[:, 3] = item
+    grade = np.digitize(appeal[item] + 0.7 * X[:, 0] + rng.normal(scale=0.4, size=groups.size), [0.3, 1.2])
+    frame = pd.DataFrame(X.astype(np.float32), columns=FEATURES)
+    return frame.assign(_label=grade.astype(float), _group=groups.astype(np.int64) + 1000 * seed)
+
+
+def test_popularity_ranks_by_the_items_train_mean_relevance():
+    train, test = _item_queries(400, 1), _item_queries(150, 2)
+    model = ScoreBundle("ranking", lambda X: np.random.default_rng(0).normal(size=31)[X[:, 3].astype(int)] + 0.7 * X[:, 0])
+    result = evaluate_model(bundle=model, train=train, test=test, task="ranking")
+    assert result.plots["popularity"]["feature"] == "f3" and result.plots["popularity"]["values"] == 30
+    # by hand: each item's train mean grade, shrunk towards the overall mean by 10 pseudo-rows
+    stats = train.groupby("f3")["_label"].agg(["sum", "count"])
+    prior = train["_label"].mean()
+    shrunk = (stats["sum"] + 10 * prior) / (stats["count"] + 10)
+    expected = _sklearn_mean_ndcg(test, test["f3"].map(shrunk).to_numpy())
+    assert result.baselines["popularity"] == pytest.approx(expected, abs=1e-12)
+    assert result.baselines["popularity"] > result.baselines["random"] + 0.1
+    assert result.model > result.baselines["popularity"] and result.passed
+    assert "popularity ranks by the train mean relevance of 'f3'" in result.reason.lower()
+
+
+def test_the_ranking_cut_off_comes_from_the_config(ranking):
+    from tasks.evaluate import metric_label
+
+    train, test = ranking
+    result = evaluate_model(bundle=ScoreBundle("ranking", _relevance), train=train, test=test, task="ranking", ndcg_k=5)
+    X = test[FEATURES].to_numpy(np.float32)
+    assert result.metric == "ndcg@5" and metric_label("ndcg@5") == "NDCG@5" and metric_label("map@5") == "MAP@5"
+    assert result.model == pytest.approx(_sklearn_mean_ndcg(test, _relevance(X), k=5), abs=1e-12)
+    assert set(result.metrics) == {"ndcg@5", "map@5"} and "map@5" in result.secondary
+    assert result.plots["ndcg_at_k"]["k"] == [1, 2, 3, 4, 5]
+    lo, hi = result.metrics["map@5"]["ci"]
+    assert lo <= result.metrics["map@5"]["value"] <= hi
+
+
+def test_anomaly_metrics_equal_scikit_learns_and_precision_k_comes_from_the_config(anomaly):
+    from sklearn.metrics import average_precision_score
+
+    train, test = anomaly
+    scorer = mahalanobis_scorer(train)
+    bundle = ScoreBundle("anomaly_detection", scorer, ["0", "1"])
+    s, y = scorer(test[FEATURES].to_numpy(np.float32)), test["_label"].to_numpy()
+    result = evaluate_model(bundle=bundle, train=train, test=test, task="anomaly_detection")
+    assert result.metrics["precision_at_k"]["value"] == pytest.approx(precision_at_k(y, s))
+    assert result.metrics["pr_auc"]["value"] == pytest.approx(average_precision_score(y, s))
+    at_20 = evaluate_model(bundle=bundle, train=train, test=test, task="anomaly_detection", precision_k=20)
+    assert at_20.metrics["precision_at_k"]["value"] == pytest.approx(precision_at_k(y, s, k=20))
+    assert "Precision@k with k = 20" in at_20.reason
+
+
+def test_precision_at_k_on_a_resample_counts_ties_by_expectation():
+    from tasks.evaluate import _resampled_precision_at_k
+
+    rng = np.random.default_rng(3)
+    y = (rng.random(300) < 0.1).astype(int)
+    score = np.round(rng.normal(size=300) + 2 * y, 1)  # ties at the cut
+    counts = np.bincount(rng.integers(0, 300, 300), minlength=300)
+    ry, rs = np.repeat(y, counts), np.repeat(score, counts)
+    for k in (0, 15):
+        got = _resampled_precision_at_k(y, score, k)(counts[None, :].astype(float))[0]
+        assert got == pytest.approx(precision_at_k(ry, rs, None if k == 0 else k))
+
+
+# --------------------------------------------------------------------------------------
+# slices: the main metric per value of evaluate.segment
+
+
+def _binary_with_segments(n: int, seed: int) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, len(FEATURES))).astype(np.float32)
+    frame = pd.DataFrame(X, columns=FEATURES)
+    frame["_label"] = (rng.random(n) < 1 / (1 + np.exp(-2 * X[:, 0]))).astype(float)
+    frame["_segment"] = pd.Series(rng.choice(["web", "store", "phone", "kiosk"], n, p=[0.5, 0.3, 0.195, 0.005]), dtype="string")
+    frame.loc[frame.index[:7], "_segment"] = pd.NA
+    return frame
+
+
+def test_slices_give_each_segment_values_metric_with_its_count_and_flag_small_ones():
+    train, test = _binary_with_segments(1500, 1), _binary_with_segments(2000, 2)
+    bundle = ScoreBundle("binary_classification", lambda X: 1 / (1 + np.exp(-2 * X[:, 0])))
+    result = evaluate_model(bundle=bundle, train=train, test=test, task="binary_classification", segment="channel")
+    slices = result.slices
+    assert slices["column"] == "channel" and slices["metric"] == "roc_auc" and slices["best_baseline"] == result.best_baseline
+    rows = {row["value"]: row for row in slices["rows"]}
+    assert set(rows) == {"web", "store", "phone", "kiosk", "(missing)"}
+    assert [row["rows"] for row in slices["rows"]] == sorted((row["rows"] for row in slices["rows"]), reverse=True)
+    for value, row in rows.items():
+        part = test[test["_segment"].fillna("(missing)") == value]
+        assert row["rows"] == len(part)
+        if part["_label"].nunique() == 2:
+            assert row["model"] == pytest.approx(roc_auc_score(part["_label"], 1 / (1 + np.exp(-2 * part["f0"]))))
+            assert row["ci"][0] <= row["model"] <= row["ci"][1]
+        assert row["small"] == (len(part) < 30)
+    assert rows["kiosk"]["small"] and rows["(missing)"]["small"] and not rows["web"]["small"]
+    json.dumps(result.to_dict(), allow_nan=False)
+
+
+def test_the_rarest_values_beyond_the_limit_are_counted_together(monkeypatch):
+    monkeypatch.setattr("tasks.evaluate.MAX_SLICES", 2)
+    train, test = _binary_with_segments(800, 3), _binary_with_segments(1000, 4)
+    bundle = ScoreBundle("binary_classification", lambda X: X[:, 0])
+    slices = evaluate_model(bundle=bundle, train=train, test=test, task="binary_classification", segment="channel").slices
+    assert [row["value"] for row in slices["rows"]] == ["web", "store"]
+    assert slices["other_values"] == 3 and slices["other_rows"] == 1000 - sum(row["rows"] for row in slices["rows"])
+
+
+def test_ranking_slices_count_the_queries_judged_in_each(ranking):
+    train, test = ranking
+    test = test.assign(_segment=np.where(test["_group"] % 2 == 0, "even", "odd"))
+    result = evaluate_model(bundle=ScoreBundle("ranking", _relevance), train=train, test=test, task="ranking", segment="q")
+    rows = {row["value"]: row for row in result.slices["rows"]}
+    for value, row in rows.items():
+        part = test[test["_segment"] == value]
+        X = part[FEATURES].to_numpy(np.float32)
+        assert row["model"] == pytest.approx(_sklearn_mean_ndcg(part, _relevance(X)), abs=1e-12)
+        assert row["units"] == (part.groupby("_group")["_label"].max() > 0).sum() and row["rows"] == len(part)
+
+
+def test_a_segment_the_splits_do_not_carry_is_said_in_words():
+    train, test = _binary_with_segments(600, 5).drop(columns="_segment"), _binary_with_segments(600, 6).drop(columns="_segment")
+    bundle = ScoreBundle("binary_classification", lambda X: X[:, 0])
+    result = evaluate_model(bundle=bundle, train=train, test=test, task="binary_classification", segment="channel")
+    assert result.slices["rows"] == [] and "rerun preprocess with evaluate.segment: channel" in result.slices["problem"]
+
+
+def test_preprocess_refuses_a_segment_that_is_not_a_curated_column(tmp_path):
+    from tasks.config import Features, SplitConfig
+    from tasks.features.preprocess import preprocess_dataset
+
+    frame = pd.DataFrame({"x": np.arange(200.0), "y": np.arange(200) % 2})
+    frame.to_parquet(tmp_path / "part.parquet")
+    with pytest.raises(DataError, match="evaluate.segment 'channel' is not a column of the curated data .* name one of them"):
+        preprocess_dataset(
+            curated_uri=str(tmp_path) + "/", features_uri=str(tmp_path / "features") + "/", features=Features(numeric=("x",)),
+            kinds={"x": "numeric", "y": "numeric"}, label="y", task="regression", split=SplitConfig(), input_columns=["x"],
+            storage_options=None, segment="channel",
+        )
+
+
+# --------------------------------------------------------------------------------------
+# the report: metrics with intervals, the gate's checks, the champion, calibration, slices, tuning
+
+
+def test_the_report_shows_every_new_section():
+    train, test = _binary_with_segments(1500, 7), _binary_with_segments(1500, 8)
+    bundle = ScoreBundle("binary_classification", lambda X: 1 / (1 + np.exp(-2 * X[:, 0])))
+    champion = ScoreBundle("binary_classification", lambda X: 1 / (1 + np.exp(-1.5 * X[:, 0] - 0.3 * X[:, 1])))
+    result = evaluate_model(bundle=bundle, train=train, test=test, task="binary_classification", champion=champion,
+                            segment="channel", n_bootstrap=300)
+    tuning = {"backend": "optuna", "objective": "validation:auc", "maximize": True, "best_trial": "job-t002", "best_value": 0.91,
+              "trials": [{"trial": 1, "job_name": "job-t001", "state": "Completed", "objective": 0.88,
+                          "hyperparameters": {"eta": 0.1, "max_depth": 3}, "duration_s": 4.2},
+                         {"trial": 2, "job_name": "job-t002", "state": "Completed", "objective": 0.91,
+                          "hyperparameters": {"eta": 0.3, "max_depth": 5}, "duration_s": 3.9}]}
+    page = render_report({"run_id": "r1", "train": {"job_name": "job", "model_uri": "s3://b/m", "tuning": tuning}}, result.to_dict())
+    text = re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]+>", " ", page)))
+    for heading in ("Metrics of the model", "The gate's checks", "Challenger vs champion", "Calibration", "By channel",
+                    "Hyperparameter tuning"):
+        assert heading in text, heading
+    f1 = result.metrics["f1"]
+    assert f"F1 {f1['value']:.4f} [{f1['ci'][0]:.4f}, {f1['ci'][1]:.4f}]" in text
+    assert f"expected calibration error {result.calibration['ece']:.4f}" in text.lower()
+    assert "one-sided 95% lower bound" in text and f" {_num(result.champion['lower_bound'])} " in text
+    assert "kiosk" in text and "small (under 30 test rows): read with care" in text
+    assert "job-t002" in text and "max_depth" in text and "best trial job-t002 with 0.9100" in text
+    assert len(re.findall(r"data:image/png;base64", page)) == 1  # still one plot: the tables carry the rest
