@@ -1,4 +1,4 @@
-"""The ``updraft`` command line: run the pipeline, serve the embedded endpoint, manage endpoints.
+"""The ``updraft`` command line: run the pipeline, serve the embedded endpoint, manage endpoints and model versions.
 
 Heavy imports (Prefect, Dask, pandas) happen inside the commands that need them, so
 ``updraft --help`` and user errors answer at once. Logs go to stderr; with ``--json``
@@ -30,6 +30,8 @@ app = typer.Typer(
 )
 endpoint_app = typer.Typer(help="Local endpoints started by 'updraft run' on local targets.", no_args_is_help=True)
 app.add_typer(endpoint_app, name="endpoint")
+models_app = typer.Typer(help="The project's versions in the SageMaker Model Registry.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
 
 log = logging.getLogger("updraft")
 
@@ -504,6 +506,135 @@ def _forget_endpoint_record(name: str) -> None:
         delete_endpoint_record(resolve_target("local").client("sagemaker"), name)
     except Exception as exc:  # the process is gone either way; the record is bookkeeping
         log.warning("could not delete the SageMaker record of %s: %s", name, exc)
+
+
+# --------------------------------------------------------------------------------------
+# The model registry: what teams look at and approve with. These act on a registry that
+# already exists (AWS_ENDPOINT_URL, e.g. 'updraft up', or real AWS): an --embedded
+# endpoint would start empty and vanish with the command.
+
+_NO_EMBEDDED = (
+    "--embedded starts an empty AWS endpoint that ends with this command, so it holds no model registry: "
+    "point AWS_ENDPOINT_URL at the endpoint your runs used (e.g. 'updraft up') or use real AWS"
+)
+_REGISTRY_EMBEDDED_OPTION = typer.Option(False, "--embedded", hidden=True)
+_PACKAGE_ARGUMENT = typer.Argument(
+    ..., help="A model package ARN, or GROUP/VERSION as 'updraft models list' shows it (e.g. fraud-claims/3)."
+)
+
+
+@contextlib.contextmanager
+def _registry(region: str | None) -> Iterator[Any]:
+    """A SageMaker client for the target the environment names, with AWS failures as one-line errors."""
+    from tasks.aws.target import resolve_target
+    from tasks.registry import registry_errors
+
+    sm = resolve_target(None, region).client("sagemaker")
+    with registry_errors(sm):
+        yield sm
+
+
+def _format_value(value: Any) -> str:
+    return "-" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def _versions_table(versions: list[dict[str, Any]]) -> str:
+    from tasks.evaluate import metric_label
+
+    header = ("VERSION", "CREATED (UTC)", "STATUS", "METRIC", "VALUE", "RUN", "SERVING")
+    rows = [
+        (
+            str(v["version"]),
+            str(v["created"] or "-")[:19].replace("T", " "),
+            str(v["approval_status"] or "-"),
+            metric_label(v["metric"]) if v["metric"] else "-",
+            _format_value(v["value"]),
+            v["run_id"] or "-",
+            "*" if v["current"] else "",
+        )
+        for v in versions
+    ]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header, *rows])
+
+
+@models_app.command("list")
+def models_list(
+    config: Path = _CONFIG_OPTION,
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object: the group, the endpoint, its versions."),
+    embedded: bool = _REGISTRY_EMBEDDED_OPTION,
+    verbose: bool = _VERBOSE_OPTION,
+) -> None:
+    """Show the versions of the config's model package group: status, main metric, run, and which one the endpoint serves."""
+    _configure_logging(verbose)
+    if embedded:
+        _fail(_NO_EMBEDDED)
+    from tasks.config import load_config
+    from tasks.registry import list_model_versions
+
+    with _user_errors():
+        cfg = load_config(config)
+        with _registry(cfg.aws.region) as sm:
+            versions = list_model_versions(sm, cfg.name, endpoint_name=cfg.endpoint_name)
+    if json_out:
+        typer.echo(
+            json.dumps(
+                {"model_package_group": cfg.name, "endpoint_name": cfg.endpoint_name, "versions": versions}, default=str
+            )
+        )
+        return
+    if not versions:
+        typer.echo(f"no versions of {cfg.name} in the model registry yet", err=True)
+        return
+    typer.echo(_versions_table(versions))
+    if not any(v["current"] for v in versions):
+        typer.echo(f"(endpoint {cfg.endpoint_name} serves none of these, or does not exist)", err=True)
+    typer.echo(f"approve or reject one with 'updraft approve {cfg.name}/VERSION' or 'updraft reject {cfg.name}/VERSION'", err=True)
+
+
+def _set_approval_cli(status: str, package: str, reason: str | None, json_out: bool, embedded: bool, verbose: bool) -> None:
+    _configure_logging(verbose)
+    if embedded:
+        _fail(_NO_EMBEDDED)
+    from tasks.registry import package_region, set_approval_status
+
+    with _user_errors():
+        with _registry(package_region(package)) as sm:
+            entry = set_approval_status(sm, package, status, reason=reason)
+    if json_out:
+        typer.echo(json.dumps(entry, default=str))
+    was = f" (was {entry['previous_status']})" if entry["previous_status"] != entry["approval_status"] else ""
+    typer.echo(
+        f"version {entry['version']} of {entry['model_package_group']} is {entry['approval_status']}{was}: {entry['arn']}",
+        err=True,
+    )
+
+
+_REASON_OPTION = typer.Option(None, "--reason", help="Why: recorded as the version's ApprovalDescription.")
+
+
+@app.command("approve")
+def approve(
+    package: str = _PACKAGE_ARGUMENT,
+    reason: Optional[str] = _REASON_OPTION,
+    json_out: bool = typer.Option(False, "--json", help="Print the version, as updated, as one JSON object."),
+    embedded: bool = _REGISTRY_EMBEDDED_OPTION,
+    verbose: bool = _VERBOSE_OPTION,
+) -> None:
+    """Approve a model version by hand (its ApprovalStatus becomes Approved), whatever the gate said."""
+    _set_approval_cli("Approved", package, reason, json_out, embedded, verbose)
+
+
+@app.command("reject")
+def reject(
+    package: str = _PACKAGE_ARGUMENT,
+    reason: Optional[str] = _REASON_OPTION,
+    json_out: bool = typer.Option(False, "--json", help="Print the version, as updated, as one JSON object."),
+    embedded: bool = _REGISTRY_EMBEDDED_OPTION,
+    verbose: bool = _VERBOSE_OPTION,
+) -> None:
+    """Reject a model version by hand (its ApprovalStatus becomes Rejected), e.g. one found wrong after the gate."""
+    _set_approval_cli("Rejected", package, reason, json_out, embedded, verbose)
 
 
 def _as_dict(obj: Any) -> dict[str, Any]:
