@@ -4,11 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-_METRIC_NAMES = {"roc_auc": "ROC-AUC", "macro_f1": "macro-F1", "rmse": "RMSE"}
-
 
 def _metric_name(name: str) -> str:
-    return _METRIC_NAMES.get(name, name)
+    # tasks.evaluate imports scikit-learn; the summary only needs its labels when a run evaluated
+    from tasks.evaluate import metric_label
+
+    return metric_label(name)
+
+
+def _number(value: Any) -> str:
+    """A metric for a person: four decimals, or ``n/a`` where it could not be computed (no labels, one class)."""
+    return f"{value:.4f}" if isinstance(value, (int, float)) and value == value else "n/a"
 
 
 def format_summary(summary: dict[str, Any]) -> str:
@@ -43,10 +49,10 @@ def format_summary(summary: dict[str, Any]) -> str:
         best = ev.get("best_baseline")
         baselines = ev.get("baselines") or {}
         ci = ev.get("model_ci")
-        ci_text = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
+        ci_text = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci and None not in ci else ""
         row(
             "evaluate",
-            f"{name} model {ev.get('model'):.4f}{ci_text} vs best baseline {best} {baselines.get(best, float('nan')):.4f}: "
+            f"{name} model {_number(ev.get('model'))}{ci_text} vs best baseline {best} {_number(baselines.get(best))}: "
             + ("PASSED" if ev.get("passed") else "FAILED"),
         )
         if ev.get("reason"):

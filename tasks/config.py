@@ -230,10 +230,15 @@ class TuneConfig:
 class GateConfig:
     """When a model may go on: it must beat the best baseline by more than ``min_lift`` on the
     main metric, and may fall behind the champion (the endpoint's current model) by at most
-    ``max_regression`` at ``confidence`` (a one-sided paired bootstrap)."""
+    ``max_regression`` at ``confidence`` (a one-sided paired bootstrap).
+
+    Both are in the main metric's units. ``max_regression`` defaults to half a point of AUC or
+    NDCG, so a retrain statistically tied with the champion may replace it; for RMSE or MAE set
+    it in the label's units.
+    """
 
     min_lift: float = 0.0
-    max_regression: float = 0.0
+    max_regression: float = 0.005
     confidence: float = 0.95
 
 

@@ -35,11 +35,26 @@ def preflight(config: PipelineConfig, target: Target) -> Plan:
             f"task {config.task!r} is accepted in configs but not trained yet; "
             f"use one of {', '.join(SUPPORTED_TASKS)}"
         )
+    if not target.is_local:
+        missing = [key for key in ("role_arn", "inference_image") if not getattr(config.aws, key)]
+        if not config.aws.training_image and not config.train.entry_point:
+            missing.insert(0, "training_image")
+        if missing:
+            raise ConfigError(
+                f"the aws target needs aws.{' and aws.'.join(missing)} in the config: the ECR images of "
+                "images/training and images/inference (make images; updraft images push) and a SageMaker "
+                "execution role ARN (infra/ creates one)"
+            )
     target.check_bucket(config.bucket)
     fs = target.filesystem()
     schema = load_contract(config.contract, fs)
     features = resolve_features(schema, config)
     kinds = column_kinds(schema)
+    for key, column in (("group", config.group), ("evaluate.segment", config.evaluate.segment)):
+        if column is not None and column not in kinds:
+            raise ConfigError(
+                f"{key} {column!r} is not a column of the contract {config.contract}; its columns are {', '.join(kinds)}"
+            )
     wanted = set(features.all)
     input_columns = [name for name in schema.columns if name in wanted]
     objects = list_source_objects(fs, config.source_uri)
