@@ -2,17 +2,32 @@
 
 from __future__ import annotations
 
+import io
 import json
+import logging
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
+import requests
 from starlette.testclient import TestClient
 
 from images.inference import serve
 from tasks.features.transform import FORMAT, apply_transform
+
+REPO = Path(__file__).resolve().parents[2]
 
 SPEC: dict[str, Any] = {
     "format": FORMAT,
@@ -46,6 +61,7 @@ JSON_BODY = json.dumps(
         ]
     }
 ).encode()
+CSV_HEADERS = {"Content-Type": "text/csv"}
 
 
 def write_model(folder: Path, *, flip: bool = False, rounds: int = 8) -> Path:
@@ -97,70 +113,101 @@ def write_model_tar(path: Path, **kwargs: Any) -> Path:
     return path
 
 
-class FakeBundle:
-    """A bundle with the real transform and a fixed logistic model: exact, and distinct per row."""
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_model(tmp_path_factory.mktemp("serve") / "model")
 
-    spec = SPEC
-    metadata: dict[str, Any] = {"task": "binary_classification"}
 
-    def predict_frame(self, df: pd.DataFrame) -> list:
-        X = apply_transform(df, self.spec)
-        logits = X @ np.array([0.7, -1.3, 0.9], dtype=np.float32)
-        return (1.0 / (1.0 + np.exp(-logits.astype(np.float64)))).tolist()
+@pytest.fixture(scope="module")
+def expected(model_dir: Path) -> list[float]:
+    from tasks.modelbundle import load_model_bundle
+
+    return load_model_bundle(model_dir).predict_frame(ROWS)
 
 
 @pytest.fixture()
-def client(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> TestClient:
-    loaded: list[Path] = []
-
-    def fake_load(model_dir: str | Path) -> FakeBundle:
-        loaded.append(Path(model_dir))
-        return FakeBundle()
-
-    monkeypatch.setattr(serve, "load_bundle", fake_load)
-    app = serve.create_app(tmp_path)
-    assert loaded == [tmp_path]  # loaded once, at start
-    with TestClient(app, raise_server_exceptions=False) as test_client:
+def client(model_dir: Path) -> Iterator[TestClient]:
+    with TestClient(serve.create_app(model_dir), raise_server_exceptions=False) as test_client:
         yield test_client
 
 
-def test_ping_answers_200_once_loaded(client: TestClient) -> None:
+def test_the_model_is_loaded_once_at_start(model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    loaded: list[Path] = []
+    real = serve.load_bundle
+
+    def counting(folder: str | Path) -> Any:
+        loaded.append(Path(folder))
+        return real(folder)
+
+    monkeypatch.setattr(serve, "load_bundle", counting)
+    app = serve.create_app(model_dir)
+    assert loaded == [model_dir]
+    with TestClient(app) as test_client:
+        for _ in range(3):
+            assert test_client.post("/invocations", content=CSV_BODY, headers=CSV_HEADERS).status_code == 200
+    assert loaded == [model_dir]
+
+
+def test_ping_answers_200(client: TestClient) -> None:
     assert client.get("/ping").status_code == 200
+    assert client.head("/ping").status_code == 200
 
 
-def test_csv_rows_give_one_prediction_each_equal_to_the_bundle(client: TestClient) -> None:
-    response = client.post("/invocations", content=CSV_BODY, headers={"Content-Type": "text/csv"})
+def test_csv_rows_give_one_prediction_each_equal_to_the_bundle(client: TestClient, expected: list[float]) -> None:
+    response = client.post("/invocations", content=CSV_BODY, headers=CSV_HEADERS)
     assert response.status_code == 200
-    predictions = response.json()["predictions"]
-    assert predictions == pytest.approx(FakeBundle().predict_frame(ROWS), abs=1e-12)
-    assert len(set(predictions)) == 3
+    assert response.headers["content-type"] == "application/json"
+    assert response.json()["predictions"] == expected
+    assert len(set(expected)) == 3 and all(0.0 < p < 1.0 for p in expected)
 
 
-def test_json_instances_give_the_same_predictions_as_csv(client: TestClient) -> None:
-    response = client.post("/invocations", content=JSON_BODY, headers={"Content-Type": "application/json; charset=utf-8"})
+def test_json_instances_lists_and_parquet_give_the_same_predictions(client: TestClient, expected: list[float]) -> None:
+    as_lists = json.dumps([[35, 120, "hospital"], [None, 80, "clinic"], [61.5, None, None]]).encode()
+    sink = io.BytesIO()
+    pq.write_table(pa.Table.from_pandas(ROWS, preserve_index=False), sink)
+    for body, content_type in (
+        (JSON_BODY, "application/json; charset=utf-8"),
+        (as_lists, "application/json"),
+        (json.dumps({"instances": json.loads(as_lists)}).encode(), "application/json"),
+        (sink.getvalue(), "application/x-parquet"),
+    ):
+        response = client.post("/invocations", content=body, headers={"Content-Type": content_type})
+        assert response.status_code == 200, response.text
+        assert response.json()["predictions"] == expected, content_type
+
+
+def test_accept_text_csv_answers_one_line_per_row(client: TestClient, expected: list[float]) -> None:
+    response = client.post("/invocations", content=CSV_BODY, headers={**CSV_HEADERS, "Accept": "text/csv"})
     assert response.status_code == 200
-    assert response.json()["predictions"] == pytest.approx(FakeBundle().predict_frame(ROWS), abs=1e-12)
+    assert response.headers["content-type"] == "text/csv"
+    assert [float(line) for line in response.text.splitlines()] == expected
 
 
-def test_csv_with_charset_and_crlf_line_endings_is_accepted(client: TestClient) -> None:
+def test_an_accept_the_server_cannot_write_is_a_406(client: TestClient) -> None:
+    response = client.post("/invocations", content=CSV_BODY, headers={**CSV_HEADERS, "Accept": "application/xml"})
+    assert response.status_code == 406
+    assert "application/json, text/csv" in response.json()["error"]
+
+
+def test_csv_with_charset_and_crlf_line_endings_is_accepted(client: TestClient, expected: list[float]) -> None:
     body = CSV_BODY.replace(b"\n", b"\r\n")
     response = client.post("/invocations", content=body, headers={"Content-Type": "text/csv; charset=utf-8"})
     assert response.status_code == 200
-    assert len(response.json()["predictions"]) == 3
+    assert response.json()["predictions"] == expected
 
 
 def test_csv_row_with_wrong_field_count_names_the_row_and_the_expected_count(client: TestClient) -> None:
-    response = client.post("/invocations", content=b"35,120,hospital\n35,120\n", headers={"Content-Type": "text/csv"})
+    response = client.post("/invocations", content=b"35,120,hospital\n35,120\n", headers=CSV_HEADERS)
     assert response.status_code == 400
     message = response.json()["error"]
     assert "row 2 has 2 fields" in message
-    assert "expected 3" in message
+    assert "expected 3 (claimant_age, claim_amount, provider_type)" in message
 
 
 def test_csv_with_text_in_a_numeric_column_is_a_400_naming_the_column(client: TestClient) -> None:
-    response = client.post("/invocations", content=b"35,lots,clinic\n", headers={"Content-Type": "text/csv"})
+    response = client.post("/invocations", content=b"35,lots,clinic\n", headers=CSV_HEADERS)
     assert response.status_code == 400
-    assert "claim_amount" in response.json()["error"]
+    assert "column 'claim_amount' has the non-numeric value 'lots'" in response.json()["error"]
 
 
 def test_malformed_json_is_a_400(client: TestClient) -> None:
@@ -169,10 +216,10 @@ def test_malformed_json_is_a_400(client: TestClient) -> None:
     assert "not valid JSON" in response.json()["error"]
 
 
-def test_json_without_instances_is_a_400(client: TestClient) -> None:
+def test_json_scalars_are_a_400_that_shows_the_accepted_shapes(client: TestClient) -> None:
     response = client.post("/invocations", content=b"[1, 2]", headers={"Content-Type": "application/json"})
     assert response.status_code == 400
-    assert "instances" in response.json()["error"]
+    assert "wrap it: [[...]]" in response.json()["error"]
 
 
 def test_json_unknown_keys_are_named(client: TestClient) -> None:
@@ -183,22 +230,37 @@ def test_json_unknown_keys_are_named(client: TestClient) -> None:
     assert "'colour'" in message and "'is_fraud'" in message
 
 
-def test_unsupported_content_type_is_a_415_listing_the_supported_ones(client: TestClient) -> None:
-    response = client.post("/invocations", content=b"<x/>", headers={"Content-Type": "application/xml"})
+def test_unparseable_parquet_is_a_400(client: TestClient) -> None:
+    response = client.post("/invocations", content=b"PAR1garbage", headers={"Content-Type": "application/x-parquet"})
+    assert response.status_code == 400
+    assert "not a readable Parquet file" in response.json()["error"]
+
+
+@pytest.mark.parametrize("headers", [{"Content-Type": "application/xml"}, {}])
+def test_a_wrong_or_missing_content_type_is_a_415_listing_the_supported_ones(client: TestClient, headers: dict) -> None:
+    response = client.post("/invocations", content=b"<x/>", headers=headers)
     assert response.status_code == 415
-    message = response.json()["error"]
-    assert "text/csv" in message and "application/json" in message
+    assert "text/csv, application/json, application/x-parquet" in response.json()["error"]
 
 
-def test_body_over_six_megabytes_is_a_413(client: TestClient) -> None:
+def test_body_over_six_megabytes_is_a_413_with_the_limit(client: TestClient) -> None:
     body = b"35,120,hospital\n" * (7 * 1024 * 1024 // 16 + 1)
-    assert len(body) > 7 * 1024 * 1024 - 16
-    response = client.post("/invocations", content=body, headers={"Content-Type": "text/csv"})
+    response = client.post("/invocations", content=body, headers=CSV_HEADERS)
+    assert response.status_code == 413
+    assert "over the 6 MB limit" in response.json()["error"]
+
+
+def test_a_chunked_body_over_six_megabytes_is_a_413_too(client: TestClient) -> None:
+    def chunks() -> Iterator[bytes]:  # no Content-Length: the server counts as it reads
+        for _ in range(7):
+            yield b"35,120,hospital\n" * (1024 * 1024 // 16)
+
+    response = client.post("/invocations", content=chunks(), headers=CSV_HEADERS)
     assert response.status_code == 413
 
 
 def test_empty_body_is_a_400(client: TestClient) -> None:
-    response = client.post("/invocations", content=b"", headers={"Content-Type": "text/csv"})
+    response = client.post("/invocations", content=b"", headers=CSV_HEADERS)
     assert response.status_code == 400
     assert "empty" in response.json()["error"]
 
@@ -208,12 +270,20 @@ def test_bad_input_never_gives_a_5xx(client: TestClient) -> None:
         (b"\xff\xfe\x00", "text/csv"),
         (b'"unterminated,1,2\n', "text/csv"),
         (b"true,1,x\n", "text/csv"),
+        (b"1,2,3,4\n", "text/csv"),
+        (b"\x00,1,x\n", "text/csv"),
+        (b"1,2\n", "text/csv"),
         (b'{"instances": [1, 2]}', "application/json"),
         (b'{"instances": [{"claimant_age": [1]}]}', "application/json"),
         (b'{"instances": [{"claimant_age": true}]}', "application/json"),
+        (b'{"instances": [{"claimant_age": {"a": 1}}]}', "application/json"),
         (b'{"instances": []}', "application/json"),
         (b'{"instances": [{}], "extra": 1}', "application/json"),
+        (b"[[1, 2, 3, 4]]", "application/json"),
         (b"\xff", "application/json"),
+        (b"null", "application/json"),
+        (b"PAR1", "application/x-parquet"),
+        (b"\x00" * 64, "application/x-parquet"),
     ]
     for body, content_type in bodies:
         response = client.post("/invocations", content=body, headers={"Content-Type": content_type})
@@ -221,16 +291,131 @@ def test_bad_input_never_gives_a_5xx(client: TestClient) -> None:
         assert response.json()["error"]
 
 
-def test_a_real_model_answers_csv_and_json_like_its_bundle(tmp_path: Path) -> None:
-    from tasks.modelbundle import load_model_bundle
+def test_unknown_paths_and_methods_are_a_404_and_a_405(client: TestClient) -> None:
+    assert client.get("/predict").status_code == 404
+    response = client.get("/invocations")
+    assert response.status_code == 405 and response.headers["allow"] == "POST"
 
-    model_dir = write_model(tmp_path / "model")
-    expected = load_model_bundle(model_dir).predict_frame(ROWS)
-    with TestClient(serve.create_app(model_dir)) as real:
-        assert real.get("/ping").status_code == 200
-        from_csv = real.post("/invocations", content=CSV_BODY, headers={"Content-Type": "text/csv"})
-        from_json = real.post("/invocations", content=JSON_BODY, headers={"Content-Type": "application/json"})
-    assert from_csv.status_code == 200 and from_json.status_code == 200
-    assert from_csv.json()["predictions"] == pytest.approx(expected, abs=1e-7)
-    assert from_json.json()["predictions"] == pytest.approx(expected, abs=1e-7)
-    assert all(0.0 < p < 1.0 for p in expected)
+
+def test_each_request_is_logged_without_its_payload(client: TestClient, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="updraft.serve.access"):
+        client.post("/invocations", content=CSV_BODY, headers=CSV_HEADERS)
+        client.post("/invocations", content=b"35,lots,hospital\n", headers=CSV_HEADERS)
+    lines = [r.getMessage() for r in caplog.records if r.name == "updraft.serve.access"]
+    assert len(lines) == 2
+    assert re.fullmatch(rf"POST /invocations 200 in={len(CSV_BODY)}B out=\d+B \d+\.\d\dms", lines[0])
+    assert re.fullmatch(r"POST /invocations 400 in=17B out=\d+B \d+\.\d\dms", lines[1])
+    assert not any(word in line for line in lines for word in ("hospital", "lots", "35"))
+
+
+def test_large_bodies_are_predicted_off_the_event_loop_and_ping_still_answers(model_dir: Path) -> None:
+    app = serve.create_app(model_dir)
+    real = app.predictor.respond
+    entered, release = threading.Event(), threading.Event()
+
+    def slow(body: bytes, content_type: str, accept: str) -> tuple[bytes, int]:
+        if len(body) > serve.INLINE_MAX_BYTES:
+            entered.set()
+            assert release.wait(10)
+        return real(body, content_type, accept)
+
+    app.predictor.respond = slow  # type: ignore[method-assign]
+    big = CSV_BODY * (serve.INLINE_MAX_BYTES // len(CSV_BODY) + 1)
+    results: dict[str, Any] = {}
+    with TestClient(app) as test_client:
+        worker = threading.Thread(
+            target=lambda: results.update(big=test_client.post("/invocations", content=big, headers=CSV_HEADERS))
+        )
+        worker.start()
+        assert entered.wait(10)
+        assert test_client.get("/ping").status_code == 200  # answered while the big request predicts
+        release.set()
+        worker.join(10)
+    assert results["big"].status_code == 200
+    assert len(results["big"].json()["predictions"]) == 3 * (serve.INLINE_MAX_BYTES // len(CSV_BODY) + 1)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _start(model_dir: Path, port: int, **env: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "images.inference.serve"],
+        cwd=REPO,
+        env={**os.environ, "SM_MODEL_DIR": str(model_dir), "SAGEMAKER_BIND_TO_PORT": str(port),
+             "UPDRAFT_SERVE_HOST": "127.0.0.1", **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def test_the_server_process_serves_with_several_workers_and_stops_on_sigterm(model_dir: Path, expected: list[float]) -> None:
+    port = _free_port()
+    proc = _start(model_dir, port, SAGEMAKER_MODEL_SERVER_WORKERS="2")
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
+            try:
+                if requests.get(f"http://127.0.0.1:{port}/ping", timeout=1).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            assert time.monotonic() < deadline, "the server did not answer /ping within 60 s"
+            time.sleep(0.1)
+        url = f"http://127.0.0.1:{port}/invocations"
+        with requests.Session() as session:  # one keep-alive connection throughout
+            assert session.post(url, data=CSV_BODY, headers=CSV_HEADERS, timeout=10).json()["predictions"] == expected
+            too_big = session.post(url, data=b"1,2,x\n" * (7 * 1024 * 1024 // 6), headers=CSV_HEADERS, timeout=30)
+            assert too_big.status_code == 413
+            assert session.post(url, data=CSV_BODY, headers=CSV_HEADERS, timeout=10).status_code == 200
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        code = proc.wait(timeout=30)
+    log = proc.stdout.read().decode()
+    assert code == 0, log
+    assert "with 2 worker processes" in log
+    assert "POST /invocations 413" in log and "hospital" not in log
+
+
+def test_a_model_that_cannot_load_stops_the_server_with_one_line(tmp_path: Path) -> None:
+    proc = _start(tmp_path / "missing", _free_port())
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 1
+    assert "cannot serve the model in" in out.decode() and "Traceback" not in out.decode()
+
+
+#: Installed here for other stages, absent from the inference image (scipy comes with xgboost-cpu).
+NOT_IN_IMAGE = ("sklearn", "boto3", "botocore", "s3fs", "fsspec", "prefect", "dask", "distributed",
+                "pandera", "starlette", "matplotlib", "optuna", "torch")
+
+
+def test_the_server_runs_on_what_the_image_installs(model_dir: Path) -> None:
+    """With every package the image lacks made unimportable, the server still loads and predicts."""
+    probe = (
+        "import importlib.abc, sys\n"
+        f"blocked = {NOT_IN_IMAGE!r}\n"
+        "class Block(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in blocked:\n"
+        "            raise ImportError(f'{name} is not in the image')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "from images.inference import serve\n"
+        "import uvicorn\n"
+        f"app = serve.create_app({str(model_dir)!r})\n"
+        f"print(app.predictor.predict({CSV_BODY!r}, 'text/csv'))\n"
+        "print(len(app.predictor.predict(open(sys.argv[1], 'rb').read(), 'application/x-parquet')))\n"
+    )
+    parquet = model_dir.parent / "rows.parquet"
+    pq.write_table(pa.Table.from_pandas(ROWS, preserve_index=False), parquet)
+    done = subprocess.run([sys.executable, "-c", probe, str(parquet)], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "3"
+    dockerfile = re.sub(r"\\\n\s*", " ", (REPO / "images/inference/Dockerfile").read_text())
+    install = next(line for line in dockerfile.splitlines() if "pip install -c" in line)
+    for package in ("numpy", "pandas", "pyarrow", "xgboost-cpu", "uvicorn"):
+        assert f" {package} " in f" {install} ", f"the inference image does not install {package}"
