@@ -40,7 +40,9 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     yield path
     root = path / "endpoints"
     for state in root.glob("*/endpoint.json") if root.exists() else []:
-        pid = json.loads(state.read_text())["pid"]
+        recorded = json.loads(state.read_text())
+        pid = recorded["pid"]
+        le._remove_handover(recorded.get("handover"))  # a killed server cannot remove its own
         if le._is_server(pid):
             os.killpg(pid, signal.SIGKILL)
             _gone(pid)
@@ -98,6 +100,7 @@ def test_redeploy_switches_to_the_new_model_and_stops_the_old_server(home: Path,
         name="fraud", model_tar=write_model_tar(tmp_path / "b.tar.gz", flip=True), model_uri="s3://b/models/r2/model.tar.gz", run_id="r2"
     )
     assert second.pid != first.pid
+    assert second.url == first.url  # the listening socket passed to the new server: same port, same URL
     assert _gone(first.pid)
     log = (home / "endpoints" / "fraud" / "server.log").read_text()
     assert f"Finished server process [{first.pid}]" in log  # SIGTERM: a clean shutdown, not a kill
@@ -180,3 +183,14 @@ def test_model_tar_is_downloaded_or_else_packed_from_the_trained_model(tmp_path:
 
     with pytest.raises(StageError, match="rerun the train stage"):
         fetch_model_tar(fs, str(tmp_path / "missing.tar.gz"), tmp_path / "empty", tmp_path / "c" / "model.tar.gz")
+
+
+def test_the_handover_folder_must_admit_nobody_else(home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whoever connects to a server's handover socket gets the endpoint's port: its folder must be private."""
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
+    shared = tmp_path / "run" / f"updraft-{os.getuid()}"
+    shared.mkdir(parents=True)
+    shared.chmod(0o755)
+    with pytest.raises(StageError, match="must be a folder owned by this user with mode 0700"):
+        le.deploy_local_endpoint(name="fraud", model_tar=write_model_tar(tmp_path / "a.tar.gz"), model_uri="s3://b/m", run_id="r1")
+    assert le.list_local_endpoints() == []
