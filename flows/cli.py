@@ -649,3 +649,38 @@ def main() -> None:  # pragma: no cover - console script entry
 
 if __name__ == "__main__":  # pragma: no cover
     app()
+
+
+@app.command("transform")
+def transform(
+    input_uri: str = typer.Argument(..., help="An s3:// prefix (or one object, or a local folder) of records to score."),
+    output_uri: str = typer.Argument(..., help="Where each input object's '<name>.out' goes (s3:// or a local folder)."),
+    model: str = typer.Option(..., "--model", help="The model: an s3:// or local model.tar.gz, or an extracted model folder."),
+    content_type: str = typer.Option("text/csv", "--content-type", help="text/csv, application/json or application/x-parquet."),
+    accept: str = typer.Option("application/json", "--accept", help="application/json or text/csv."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+    verbose: bool = typer.Option(False, "-v", "--verbose"),
+) -> None:
+    """Batch transform: score every record under a prefix with the inference server's own code, as SageMaker does."""
+    _configure_logging(verbose)
+    import tempfile
+
+    import fsspec
+
+    from images.inference.batch import batch_transform
+    from tasks.aws.target import resolve_target
+
+    with _user_errors():
+        remote = any(uri.startswith("s3://") for uri in (input_uri, output_uri, model))
+        fs = resolve_target(None, None).filesystem() if remote else fsspec.filesystem("file")
+        with tempfile.TemporaryDirectory(prefix="updraft-transform-") as tmp:
+            model_path = model
+            if model.startswith("s3://"):
+                model_path = str(Path(tmp) / "model.tar.gz")
+                fs.get_file(model, model_path)
+            result = batch_transform(fs, input_uri, output_uri, model_path, content_type, accept)
+        out = result.to_dict()
+        if json_out:
+            typer.echo(json.dumps(out, default=str))
+        else:
+            typer.echo(f"updraft transform: {json.dumps(out, default=str)}", err=True)

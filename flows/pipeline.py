@@ -94,7 +94,10 @@ def run_pipeline(config: PipelineConfig, *, run_id: str | None = None, target_ki
     summary["register"] = _plain(registered)
     # 6. deploy: the endpoint (a local process on local targets)
     with _timed(timings, "deploy"):
-        deployed = deploy_stage(config, target, run_id, trained.model_uri, trained.model_dir, evaluation)
+        deployed = deploy_stage(
+            config, target, run_id, trained.model_uri, trained.model_dir, evaluation,
+            model_package_arn=registered.model_package_arn,
+        )
     summary["deploy"] = _plain(deployed)
     # 7. report: one HTML page a person reads
     with _timed(timings, "report"):

@@ -810,9 +810,12 @@ def _check_judging(gate: GateConfig, evaluate: EvaluateConfig, deploy: DeployCon
         raise ConfigError(f"{origin}: evaluate.ndcg_k must be >= 1 and evaluate.precision_k >= 0")
     if deploy.strategy not in DEPLOY_STRATEGIES:
         raise ConfigError(f"{origin}: deploy.strategy {deploy.strategy!r} must be one of {', '.join(DEPLOY_STRATEGIES)}")
-    for key in ("canary_percent", "linear_step_percent"):
-        if not 1 <= getattr(deploy, key) <= 99:
-            raise ConfigError(f"{origin}: deploy.{key} must be between 1 and 99")
+    # SageMaker's own limits on blue/green traffic shifting
+    for key, low, high in (("canary_percent", 1, 50), ("linear_step_percent", 10, 50)):
+        if not low <= getattr(deploy, key) <= high:
+            raise ConfigError(f"{origin}: deploy.{key} must be between {low} and {high} (SageMaker's limits)")
+    if deploy.wait_s > 3600:
+        raise ConfigError(f"{origin}: deploy.wait_s must be at most 3600 (SageMaker's longest bake time)")
     if deploy.wait_s < 0 or deploy.max_latency_ms < 1 or not 0 <= deploy.max_error_rate < 1:
         raise ConfigError(f"{origin}: deploy.wait_s >= 0, deploy.max_latency_ms >= 1 and deploy.max_error_rate in [0, 1)")
     if not 1 <= deploy.min_instances <= deploy.max_instances:
