@@ -74,8 +74,6 @@ LISTEN_FD_ENV = "UPDRAFT_LISTEN_FD"
 CHECK_FD_ENV = "UPDRAFT_CHECK_FD"
 #: Path of the Unix socket on which this process hands its listening socket to a successor.
 HANDOVER_ENV = "UPDRAFT_HANDOVER_SOCKET"
-#: Server processes per endpoint (SageMaker's inference toolkit reads the same variable).
-WORKERS_ENV = "SAGEMAKER_MODEL_SERVER_WORKERS"
 #: Set in a worker: the pipe on which it reports that it serves, and its main process's pid.
 READY_FD_ENV = "UPDRAFT_READY_FD"
 PARENT_PID_ENV = "UPDRAFT_PARENT_PID"
@@ -190,20 +188,6 @@ def _server_class() -> type:
     return DrainingServer
 
 
-def logging_config() -> dict[str, Any]:
-    """One line per event on stderr (the endpoint's ``server.log``): updraft's and uvicorn's alike."""
-    return {
-        "version": 1,
-        "disable_existing_loggers": False,
-        "formatters": {"line": {"format": "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"}},
-        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "line", "stream": "ext://sys.stderr"}},
-        "loggers": {
-            "updraft": {"handlers": ["stderr"], "level": "INFO", "propagate": False},
-            "uvicorn": {"handlers": ["stderr"], "level": "INFO", "propagate": False},
-        },
-    }
-
-
 def _inherited_socket(env_name: str) -> socket.socket:
     raw = os.environ.get(env_name)
     if not raw or not raw.isdigit():
@@ -211,18 +195,6 @@ def _inherited_socket(env_name: str) -> socket.socket:
     sock = socket.socket(fileno=int(raw))
     sock.setblocking(False)
     return sock
-
-
-def worker_count() -> int:
-    """Server processes: ``SAGEMAKER_MODEL_SERVER_WORKERS`` (SageMaker's own variable), else 1."""
-    text = os.environ.get(WORKERS_ENV) or "1"
-    try:
-        workers = int(text)
-    except ValueError:
-        raise SystemExit(f"{WORKERS_ENV}={text!r} is not a whole number") from None
-    if workers < 1:
-        raise SystemExit(f"{WORKERS_ENV}={text!r}: run at least one worker")
-    return workers
 
 
 def _start_workers(count: int, listener: socket.socket) -> list[tuple[subprocess.Popen, int]]:
@@ -299,6 +271,8 @@ def main() -> None:
 
     import uvicorn
 
+    # The server's own logging and worker rules, so an endpoint and the image behave alike.
+    from images.inference.serve import logging_config, worker_count
     from tasks.errors import UpdraftError
 
     ready_fd = int(os.environ[READY_FD_ENV]) if os.environ.get(READY_FD_ENV) else None
