@@ -637,20 +637,6 @@ def reject(
     _set_approval_cli("Rejected", package, reason, json_out, embedded, verbose)
 
 
-def _as_dict(obj: Any) -> dict[str, Any]:
-    import dataclasses
-
-    return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else dict(obj)
-
-
-def main() -> None:  # pragma: no cover - console script entry
-    app()
-
-
-if __name__ == "__main__":  # pragma: no cover
-    app()
-
-
 @app.command("transform")
 def transform(
     input_uri: str = typer.Argument(..., help="An s3:// prefix (or one object, or a local folder) of records to score."),
@@ -684,3 +670,18 @@ def transform(
             typer.echo(json.dumps(out, default=str))
         else:
             typer.echo(f"updraft transform: {json.dumps(out, default=str)}", err=True)
+
+
+def _as_dict(obj: Any) -> dict[str, Any]:
+    import dataclasses
+
+    return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else dict(obj)
+
+
+def main() -> None:  # pragma: no cover - console script entry
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()
+
