@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-unit gpu-check clean
+.PHONY: install demo test test-unit gpu-check images clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "updraft needs Python 3.11 or newer (set PYTHON=...)")'
@@ -49,6 +49,13 @@ gpu-check:
 	export PYTHONPATH="$(CURDIR)$${site:+:$$site}$${PYTHONPATH:+:$$PYTHONPATH}"; \
 	$(GPU_PYTHON) -m pytest tests/gpu -m gpu -q -p no:cacheprovider --confcutdir=tests/gpu && \
 	PYTHONUNBUFFERED=1 $(GPU_PYTHON) benchmarks/gpu_kernels.py $(GPU_BENCH_ARGS)
+
+# The container images (images/*/Dockerfile) as updraft-<image>:<tag>, tagged with the commit by
+# default; needs a Docker engine. `make images IMAGES_ARGS="--gpu"` adds the CUDA training image,
+# `IMAGES_ARGS="--tag v1 --only training"` picks. Push: `updraft images push --project NAME --stack STACK`.
+IMAGES_ARGS ?=
+images: $(STAMP)
+	$(BIN)/updraft images build $(IMAGES_ARGS)
 
 clean:
 	rm -rf $(VENV) updraft-runs build *.egg-info

@@ -357,6 +357,25 @@ def write_failure(text: str) -> None:
     path.write_text(text + "\n")
 
 
+def require_writable_outputs() -> None:
+    """Fail in the first second, not after hours of training, when the job cannot write its results.
+
+    The image runs as a non-root user; SageMaker may mount ``/opt/ml`` owned by root, and
+    then the model could never be saved. The message names the fix.
+    """
+    for folder in (container.model_dir(), container.failure_file().parent):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            probe = folder / f".updraft-write-probe-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise UpdraftError(
+                f"{folder} is not writable by user {os.getuid()} ({exc.strerror}): build the training image "
+                "without its USER line (images/training/Dockerfile) for a platform that mounts /opt/ml owned by root"
+            ) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run training; on failure write ``output/failure`` and return non-zero (SageMaker's contract)."""
     argv = sys.argv[1:] if argv is None else argv
@@ -373,6 +392,7 @@ def main(argv: list[str] | None = None) -> int:
     if on_main_thread:  # signal handlers can only be set there (it always is in the container)
         signal.signal(signal.SIGTERM, request_stop)
     try:
+        require_writable_outputs()
         train()
     except UpdraftError as exc:
         message = " ".join(str(exc).split())

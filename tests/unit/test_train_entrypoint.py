@@ -8,6 +8,7 @@ encoded with the real ``apply_transform`` from raw rows.
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -243,6 +244,21 @@ def test_a_missing_channel_is_named_in_the_failure(tmp_path, sagemaker_env, caps
 
     assert code != 0
     assert "training channel 'validation' is missing" in (sagemaker_env / "output" / "failure").read_text()
+
+
+def test_a_model_folder_the_job_cannot_write_fails_before_training(tmp_path, sagemaker_env, capsys, monkeypatch):
+    """A non-root image on a platform that mounts /opt/ml/model owned by root: one clear line at once.
+    (A folder under a plain file stands in for the unwritable mount: the tests may run as root.)"""
+    write_feature_splits(tmp_path / "features", n_train=200, n_valid=80)
+    layout_opt_ml(sagemaker_env, tmp_path / "features")
+    (tmp_path / "mount").write_text("")
+    monkeypatch.setenv("SM_MODEL_DIR", str(tmp_path / "mount" / "model"))
+
+    code, _ = run_main(capsys)
+
+    assert code != 0
+    failure = (sagemaker_env / "output" / "failure").read_text()
+    assert f"{tmp_path / 'mount' / 'model'} is not writable" in failure and "without its USER line" in failure
 
 
 def test_an_unsupported_task_in_transform_json_fails_clearly(tmp_path, sagemaker_env, capsys):
