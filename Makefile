@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-unit gpu-check images clean
+.PHONY: install demo test test-unit gpu-check images localstack-test clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "updraft needs Python 3.11 or newer (set PYTHON=...)")'
@@ -56,6 +56,12 @@ gpu-check:
 IMAGES_ARGS ?=
 images: $(STAMP)
 	$(BIN)/updraft images build $(IMAGES_ARGS)
+
+# The local-target end-to-end test (tests/localstack) against LocalStack: localstack/host.py starts it with
+# docker compose where a Docker engine answers, else on this host under Python 3.13 (its own venv in
+# .venv-localstack/, built once), waits for its init hooks, runs the tests and always stops it.
+localstack-test: $(STAMP)
+	$(BIN)/python localstack/host.py run -- $(BIN)/python -m pytest tests/localstack -m localstack $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) updraft-runs build *.egg-info

@@ -2,12 +2,31 @@
 
 from __future__ import annotations
 
+import os
 from typing import Iterator
 
 import pytest
 
 from tasks.aws.embedded import EmbeddedAWS
 from tasks.aws.target import Target, resolve_target
+
+
+@pytest.fixture(scope="session", autouse=True)
+def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One Prefect server for the session (see tests/prefect_server.py); flows in this process
+    and in every CLI subprocess use it instead of each starting a temporary server.
+    A PREFECT_API_URL set by the caller is used as it is."""
+    if os.environ.get("PREFECT_API_URL"):
+        yield os.environ["PREFECT_API_URL"]
+        return
+    from tests.prefect_server import prefect_server
+
+    with prefect_server(tmp_path_factory.mktemp("prefect-server")) as url:
+        os.environ["PREFECT_API_URL"] = url
+        try:
+            yield url
+        finally:
+            os.environ.pop("PREFECT_API_URL", None)
 
 
 @pytest.fixture(autouse=True)
