@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-unit gpu-check images localstack-test clean
+.PHONY: install checkov demo test test-unit gpu-check images localstack-test clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "updraft needs Python 3.11 or newer (set PYTHON=...)")'
@@ -16,15 +16,24 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,torch,aws]'
 	touch $(STAMP)
 
-install: $(STAMP)
+# checkov (updraft infra validate) lives in its own venv: its pins conflict with updraft's.
+CHECKOV := $(VENV)/tools/checkov/bin/checkov
+$(CHECKOV): infra/checkov-requirements.txt
+	$(PYTHON) -m venv $(VENV)/tools/checkov
+	$(VENV)/tools/checkov/bin/python -m pip install --quiet --no-deps -r infra/checkov-requirements.txt
+	touch $(CHECKOV)
+
+checkov: $(CHECKOV)
+
+install: $(STAMP) $(CHECKOV)
 
 demo: $(STAMP)
 	$(BIN)/updraft demo
 
-test: $(STAMP)
+test: $(STAMP) $(CHECKOV)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-test-unit: $(STAMP)
+test-unit: $(STAMP) $(CHECKOV)
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
 
 # GPU tests, then the kernel benchmark (benchmarks/gpu_kernels.py), on a machine with an NVIDIA GPU,
