@@ -32,6 +32,14 @@ endpoint_app = typer.Typer(help="Local endpoints started by 'updraft run' on loc
 app.add_typer(endpoint_app, name="endpoint")
 models_app = typer.Typer(help="The project's versions in the SageMaker Model Registry.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
+from flows.cli_infra import infra_app  # noqa: E402  (a sub-typer of its own; imports nothing heavy)
+app.add_typer(infra_app, name="infra")
+from flows.cli_prefect import deploy_flows_command  # noqa: E402 (it imports Prefect lazily)
+
+app.command("deploy-flows")(deploy_flows_command)
+from flows.cli_images import images_app  # noqa: E402 (its commands import their modules lazily)
+
+app.add_typer(images_app, name="images")
 
 log = logging.getLogger("updraft")
 
@@ -220,7 +228,9 @@ def run(
     json_out: bool = _JSON_OPTION,
     embedded: bool = _EMBEDDED_OPTION,
     upload: Optional[list[Path]] = _UPLOAD_OPTION,
-    run_id: Optional[str] = _NEW_RUN_OPTION,
+    run_id: Optional[str] = typer.Option(
+        None, "--run-id", help="Start or resume this run: the stages an earlier attempt completed are skipped (default: a new run)."
+    ),
     verbose: bool = _VERBOSE_OPTION,
 ) -> None:
     """Run the whole pipeline on the dataset the config describes.
@@ -407,7 +417,7 @@ def _watch_ingest_cli(
     _quiet_prefect_tracebacks()
     from flows.stages import ingest_flow
 
-    layout = Layout(config.bucket, config.name)
+    layout = Layout.for_config(config)
     exclude = pipeline_prefixes(layout)
     queue_url = queue_url or config.ingest.queue_url
     if queue_url:

@@ -4,6 +4,10 @@ Stages after ingest take the run id whose earlier outputs they use (``Layout``:
 features/<run>/, models/<run>/model.tar.gz, models/<run>/evaluation.json); each checks
 that those outputs are there before starting, and names the command that makes them
 when they are not. Like the pipeline flow, these only wire: the work is in ``tasks``.
+
+A stage run on its own runs again when asked again (a platform team reruns a stage on
+purpose), so these keep no results for resuming; they get the stages' timeouts and
+retries. Ingest and preprocess start a run whose id, unless given, is the flow run's.
 """
 
 from __future__ import annotations
@@ -17,12 +21,16 @@ from tasks.aws.target import Target, resolve_target
 from tasks.compute import dask_client
 from tasks.config import PipelineConfig, load_config
 from tasks.layout import Layout
-from tasks.runs import new_run_id, run_dir
+from tasks.resume import RunStages, flow_run_run_id
+from tasks.runs import run_dir
 
 
-def _open(config_path: str, target_kind: str | None) -> tuple[PipelineConfig, Target, Layout]:
-    config = load_config(config_path)
-    return config, resolve_target(target_kind, config.aws.region), Layout(config.bucket, config.name)
+def _open(config_path: str, target_kind: str | None) -> tuple[PipelineConfig, Target, Layout, RunStages]:
+    from flows.deployments import check_config_path
+
+    config = load_config(check_config_path(config_path))
+    target = resolve_target(target_kind, config.aws.region)
+    return config, target, Layout(config.bucket, config.name), RunStages(config, target, resume=False)
 
 
 def _first(command: str, config_path: str, run_id: str | None = None) -> str:
@@ -42,10 +50,10 @@ def ingest_flow(config_path: str, run_id: str | None = None, target_kind: str | 
     """Validate the source's raw files into curated Parquet; rejected rows go to the quarantine."""
     from tasks.ingest import ingest_stage
 
-    config, target, _ = _open(config_path, target_kind)
-    run_id = run_id or new_run_id()
+    config, target, _, stages = _open(config_path, target_kind)
+    run_id = run_id or flow_run_run_id()
     with dask_client(config.dask.scheduler_address, config.dask.n_workers, config.dask.memory_limit, device=config.dask.device) as client:
-        result = ingest_stage(config, target, run_id, client)
+        result = stages(ingest_stage)(config, target, run_id, client)
     return _result(run_id, target, result)
 
 
@@ -56,14 +64,14 @@ def preprocess_flow(config_path: str, run_id: str | None = None, target_kind: st
     from tasks.ingest import require_curated
     from tasks.preflight import preflight
 
-    config, target, layout = _open(config_path, target_kind)
-    run_id = run_id or new_run_id()
+    config, target, layout, stages = _open(config_path, target_kind)
+    run_id = run_id or flow_run_run_id()
     # 1. the contract's features, and what ingest curated
     plan = preflight(config, target)
     require_curated(target.filesystem(), layout.curated(), then=_first("ingest", config_path))
     # 2. preprocess: curated -> feature splits + transform.json
     with dask_client(config.dask.scheduler_address, config.dask.n_workers, config.dask.memory_limit, device=config.dask.device) as client:
-        result = preprocess_stage(config, target, run_id, plan.features, plan.kinds, plan.input_columns, client)
+        result = stages(preprocess_stage)(config, target, run_id, plan.features, plan.kinds, plan.input_columns, client)
     return _result(run_id, target, result)
 
 
@@ -73,13 +81,13 @@ def train_flow(config_path: str, run_id: str, target_kind: str | None = None) ->
     from tasks.features.preprocess import require_features
     from tasks.training import train_stage
 
-    config, target, layout = _open(config_path, target_kind)
+    config, target, layout, stages = _open(config_path, target_kind)
     # 1. the run's features
     features_uri = require_features(
         target.filesystem(), layout.features(run_id), run_id=run_id, then=_first("preprocess", config_path)
     )
     # 2. train: the training container's entry point (local process or SageMaker job)
-    result = train_stage(config, target, run_id, features_uri)
+    result = stages(train_stage)(config, target, run_id, features_uri)
     return _result(run_id, target, result)
 
 
@@ -90,7 +98,7 @@ def evaluate_flow(config_path: str, run_id: str, target_kind: str | None = None)
     from tasks.features.preprocess import require_features
     from tasks.training.stage import fetch_model
 
-    config, target, layout = _open(config_path, target_kind)
+    config, target, layout, stages = _open(config_path, target_kind)
     fs = target.filesystem()
     # 1. the run's features and its model, from S3
     features_uri = require_features(fs, layout.features(run_id), run_id=run_id, then=_first("preprocess", config_path))
@@ -98,7 +106,7 @@ def evaluate_flow(config_path: str, run_id: str, target_kind: str | None = None)
         fs, layout.model(run_id), run_dir(run_id) / "evaluate", run_id=run_id, then=_first("train", config_path, run_id)
     )
     # 2. evaluate: model vs baselines; the gate
-    result = evaluate_stage(config, target, run_id, features_uri, str(model_dir))
+    result = stages(evaluate_stage)(config, target, run_id, features_uri, str(model_dir))
     return _result(run_id, target, result)
 
 
@@ -108,13 +116,13 @@ def register_flow(config_path: str, run_id: str, target_kind: str | None = None)
     from tasks.evaluate import load_evaluation
     from tasks.registry import register_stage
 
-    config, target, layout = _open(config_path, target_kind)
+    config, target, layout, stages = _open(config_path, target_kind)
     # 1. the gate's verdict on the run
     evaluation = load_evaluation(
         target.filesystem(), layout.evaluation(run_id), run_id=run_id, then=_first("evaluate", config_path, run_id)
     )
     # 2. register: a versioned model package
-    result = register_stage(config, target, run_id, layout.model(run_id), evaluation)
+    result = stages(register_stage)(config, target, run_id, layout.model(run_id), evaluation)
     return _result(run_id, target, result)
 
 
@@ -125,7 +133,7 @@ def deploy_flow(config_path: str, run_id: str, target_kind: str | None = None) -
     from tasks.evaluate import load_evaluation
     from tasks.training.stage import fetch_model
 
-    config, target, layout = _open(config_path, target_kind)
+    config, target, layout, stages = _open(config_path, target_kind)
     fs = target.filesystem()
     # 1. the run's model and the gate's verdict on it
     model_dir = fetch_model(
@@ -133,5 +141,5 @@ def deploy_flow(config_path: str, run_id: str, target_kind: str | None = None) -
     )
     evaluation = load_evaluation(fs, layout.evaluation(run_id), run_id=run_id, then=_first("evaluate", config_path, run_id))
     # 2. deploy: the endpoint (a local process on local targets)
-    result = deploy_stage(config, target, run_id, layout.model(run_id), str(model_dir), evaluation)
+    result = stages(deploy_stage)(config, target, run_id, layout.model(run_id), str(model_dir), evaluation)
     return _result(run_id, target, result)

@@ -350,6 +350,26 @@ class IngestConfig:
     queue_url: str | None = None
 
 
+#: The pipeline's stages in order: the keys of ``stages.timeout_s``.
+STAGES: tuple[str, ...] = ("ingest", "preprocess", "train", "evaluate", "register", "deploy", "report")
+
+
+@dataclass(frozen=True)
+class StagesConfig:
+    """How Prefect runs the stages (``tasks.resume`` applies it).
+
+    ``resume``: persist each stage's result in the bucket under ``results_prefix``, so a
+    rerun of a run (``updraft run --run-id RUN``, or a failed flow run retried in Prefect)
+    skips the stages that completed. ``timeout_s``: seconds a stage may run before Prefect
+    fails it, by stage name (null: no limit); stages not named keep the defaults of
+    ``tasks.resume.DEFAULT_TIMEOUTS_S`` (train's follows ``train.max_runtime_s``).
+    """
+
+    resume: bool = True
+    results_prefix: str = "prefect/results/"
+    timeout_s: Mapping[str, Any] = field(default_factory=dict)
+
+
 @dataclass(frozen=True)
 class PipelineConfig:
     name: str
@@ -370,6 +390,7 @@ class PipelineConfig:
     aws: AwsConfig = AwsConfig()
     dask: DaskConfig = DaskConfig()
     ingest: IngestConfig = IngestConfig()
+    stages: StagesConfig = StagesConfig()
 
     @property
     def source_uri(self) -> str:
@@ -393,6 +414,7 @@ _SECTIONS: dict[str, type] = {
     "aws": AwsConfig,
     "dask": DaskConfig,
     "ingest": IngestConfig,
+    "stages": StagesConfig,
 }
 _REQUIRED = ("name", "bucket", "source", "contract", "label", "task")
 _TOP_KEYS = set(_REQUIRED) | {"features", "group"} | set(_SECTIONS)
@@ -505,6 +527,7 @@ def parse_config(raw: Any, *, base_dir: Path | None = None, origin: str = "confi
     if ingest.partition_by == "":
         raise ConfigError(f"{origin}: ingest.partition_by is empty; name a datetime column or remove the key")
     _check_judging(sections["gate"], sections["evaluate"], sections["deploy"], raw["label"], origin)
+    sections["stages"] = _check_stages(sections["stages"], origin)
     endpoint_name = sections["deploy"].endpoint_name
     if endpoint_name is not None and not _NAME_RE.match(endpoint_name):
         raise ConfigError(f"{origin}: deploy.endpoint_name {endpoint_name!r} must match {_NAME_RE.pattern}")
@@ -828,3 +851,21 @@ def _check_judging(gate: GateConfig, evaluate: EvaluateConfig, deploy: DeployCon
         raise ConfigError(f"{origin}: deploy.serverless_memory_mb must be one of 1024, 2048, 3072, 4096, 5120, 6144 (or 0)")
     if deploy.serverless_memory_mb and not 1 <= deploy.serverless_max_concurrency <= 200:
         raise ConfigError(f"{origin}: deploy.serverless_max_concurrency must be between 1 and 200")
+
+
+def _check_stages(stages: StagesConfig, origin: str) -> StagesConfig:
+    """``stages``: known stage names with positive timeouts; a results prefix inside the bucket, ending in '/'."""
+    for name, seconds in stages.timeout_s.items():
+        if name not in STAGES:
+            raise ConfigError(f"{origin}: unknown stage 'stages.timeout_s.{name}' (stages: {', '.join(STAGES)})")
+        if seconds is not None and (isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds <= 0):
+            raise ConfigError(
+                f"{origin}: stages.timeout_s.{name} must be a positive number of seconds, or null for no limit"
+            )
+    prefix = stages.results_prefix.strip("/")
+    if not prefix or prefix.startswith("s3:") or ".." in prefix.split("/"):
+        raise ConfigError(
+            f"{origin}: stages.results_prefix {stages.results_prefix!r} must be a key prefix inside the bucket, "
+            "e.g. prefect/results/"
+        )
+    return dataclasses.replace(stages, results_prefix=prefix + "/")

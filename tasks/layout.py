@@ -6,15 +6,27 @@ Every S3 path string in updraft comes from here, so the layout is one readable t
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
 class Layout:
     bucket: str
     dataset: str
+    #: the config's ``stages.results_prefix``: Prefect's persisted stage results (tasks/resume.py)
+    results_prefix: str = "prefect/results/"
+
+    @classmethod
+    def for_config(cls, config: Any) -> "Layout":
+        """The layout of a pipeline config (bucket, dataset name, results prefix)."""
+        return cls(config.bucket, config.name, config.stages.results_prefix)
 
     def _uri(self, *parts: str) -> str:
         return "s3://" + "/".join([self.bucket, *parts])
+
+    def results(self) -> str:
+        """Every run's persisted stage results, under ``<dataset>/<run_id>/``."""
+        return self._uri(self.results_prefix.strip("/"), self.dataset) + "/"
 
     def curated(self) -> str:
         return self._uri("curated", self.dataset) + "/"

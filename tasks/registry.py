@@ -688,6 +688,7 @@ def _provenance(target: Target, model_uri: str) -> dict[str, str | None]:
         return {}
 
 
+# No Prefect retries: a second attempt would add a second version (a rerun of the run resumes instead).
 @task(name="register", cache_policy=NO_CACHE)
 def register_stage(
     config: PipelineConfig,

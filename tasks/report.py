@@ -26,6 +26,7 @@ from tasks.aws.target import Target
 from tasks.config import PipelineConfig
 from tasks.evaluate import EvaluationResult, metric_label
 from tasks.layout import Layout
+from tasks.resume import RETRIES, RETRY_DELAYS_S, RETRY_JITTER, retry_unless_user_error
 from tasks.runs import run_dir
 
 _CSS = """
@@ -637,7 +638,14 @@ def write_report(html_text: str, path: Path) -> Path:
 # Prefect task: the only place that touches a Target.
 
 
-@task(name="report", cache_policy=NO_CACHE)
+@task(
+    name="report",
+    cache_policy=NO_CACHE,
+    retries=RETRIES,
+    retry_delay_seconds=RETRY_DELAYS_S,
+    retry_jitter_factor=RETRY_JITTER,
+    retry_condition_fn=retry_unless_user_error,
+)
 def report_stage(
     config: PipelineConfig,
     target: Target,

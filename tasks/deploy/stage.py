@@ -148,6 +148,7 @@ def _local_fs(model_uri: str, target: Target) -> Any:
     return fsspec.filesystem("file")
 
 
+# No Prefect retries: a second attempt would create another model and endpoint config (a rerun resumes instead).
 @task(name="deploy", cache_policy=NO_CACHE)
 def deploy_stage(
     config: PipelineConfig,

@@ -55,6 +55,7 @@ from tasks.features.split import DEFAULT_SALT, SPLITS, SplitPlan, finish_plan, m
 from tasks.features.stats import tree_reduce
 from tasks.features.transform import CLASS_LABEL_TASKS, OPTIONAL_LABEL_TASKS, build_spec
 from tasks.layout import Layout
+from tasks.resume import RETRIES, RETRY_DELAYS_S, RETRY_JITTER, retry_unless_user_error
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -464,7 +465,14 @@ def _warn_degenerate(spec: Mapping[str, Any]) -> None:
             log.warning("column %r has no values in the train split: every row gets the unseen code 0", entry["name"])
 
 
-@task(name="preprocess", cache_policy=NO_CACHE)
+@task(
+    name="preprocess",
+    cache_policy=NO_CACHE,
+    retries=RETRIES,
+    retry_delay_seconds=RETRY_DELAYS_S,
+    retry_jitter_factor=RETRY_JITTER,
+    retry_condition_fn=retry_unless_user_error,
+)
 def preprocess_stage(
     config: PipelineConfig,
     target: Target,
@@ -474,24 +482,32 @@ def preprocess_stage(
     input_columns: list[str],
     client: "Client | None" = None,
 ) -> PreprocessResult:
-    """Preprocess the dataset's curated data into this run's feature splits on ``target``."""
+    """Preprocess the dataset's curated data into this run's feature splits on ``target``.
+
+    Safe to retry: each attempt replaces the run's split folders. The Dask work goes
+    through prefect-dask's client on ``client``'s cluster and is summarised for the Prefect
+    UI (``tasks.compute.prefect_dask_client``).
+    """
+    from tasks.compute import prefect_dask_client
+
     layout = Layout(config.bucket, config.name)
     features, input_columns = features_without_group(config, features, input_columns)
-    return preprocess_dataset(
-        curated_uri=layout.curated(),
-        features_uri=layout.features(run_id),
-        features=features,
-        kinds=kinds,
-        label=config.label,
-        task=config.task,
-        split=config.split,
-        input_columns=input_columns,
-        storage_options=target.storage_options(),
-        client=client,
-        device=config.dask.device,
-        group=config.group,
-        segment=config.evaluate.segment,
-    )
+    with prefect_dask_client(client, artifact_key=f"{config.name}-preprocess-dask") as stage_client:
+        return preprocess_dataset(
+            curated_uri=layout.curated(),
+            features_uri=layout.features(run_id),
+            features=features,
+            kinds=kinds,
+            label=config.label,
+            task=config.task,
+            split=config.split,
+            input_columns=input_columns,
+            storage_options=target.storage_options(),
+            client=stage_client,
+            device=config.dask.device,
+            group=config.group,
+            segment=config.evaluate.segment,
+        )
 
 
 def features_without_group(config: PipelineConfig, features: Features, input_columns: list[str]) -> tuple[Features, list[str]]:

@@ -710,7 +710,7 @@ def _without_pipeline_outputs(objects: list[SourceObject], layout: Layout, sourc
     curated Parquet or the quarantine again would grow the dataset with every run."""
     written = (
         layout.curated(), layout.quarantine("-"), layout.features("-"), layout.model("-"), layout.report("-"),
-        layout.manifest(), layout.staging(),
+        layout.manifest(), layout.staging(), layout.results(),
     )
     prefixes = tuple(sorted({uri.split("/", 4)[3] + "/" for uri in written}))  # s3://b/curated/... -> curated/
     kept = [obj for obj in objects if not obj.key.startswith(prefixes)]

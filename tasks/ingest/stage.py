@@ -10,28 +10,18 @@ from prefect.cache_policies import NO_CACHE
 from tasks.aws.target import Target
 from tasks.config import PipelineConfig
 from tasks.contracts import load_contract
-from tasks.errors import UpdraftError
 from tasks.ingest import IngestResult, _without_pipeline_outputs, ingest_dataset, list_source_objects, log
 from tasks.layout import Layout
-
-
-def _retry_unless_user_error(task: Any, task_run: Any, state: Any) -> bool:
-    """Retry outages (S3 hiccups past botocore's retries, a lost worker), not problems only the user can fix."""
-    try:
-        state.result()
-    except UpdraftError:
-        return False
-    except BaseException:
-        return True
-    return True
+from tasks.resume import RETRIES, RETRY_DELAYS_S, RETRY_JITTER, retry_unless_user_error
 
 
 @task(
     name="ingest",
     cache_policy=NO_CACHE,
-    retries=2,
-    retry_delay_seconds=10,
-    retry_condition_fn=_retry_unless_user_error,
+    retries=RETRIES,
+    retry_delay_seconds=RETRY_DELAYS_S,
+    retry_jitter_factor=RETRY_JITTER,
+    retry_condition_fn=retry_unless_user_error,
 )
 def ingest_stage(config: PipelineConfig, target: Target, run_id: str, client: Any = None) -> IngestResult:
     """Prefect task: the source's new and changed files into ``curated/<dataset>/`` and
@@ -42,7 +32,7 @@ def ingest_stage(config: PipelineConfig, target: Target, run_id: str, client: An
     target.check_bucket(config.bucket)
     fs = target.filesystem()
     schema = load_contract(config.contract, fs)
-    layout = Layout(config.bucket, config.name)
+    layout = Layout.for_config(config)
     objects = _without_pipeline_outputs(list_source_objects(fs, config.source_uri), layout, config.source_uri)
     log.info("ingesting from %d files under %s", len(objects), config.source_uri)
     return ingest_dataset(

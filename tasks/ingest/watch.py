@@ -54,7 +54,7 @@ def pipeline_prefixes(layout: Layout) -> tuple[str, ...]:
     """Key prefixes updraft writes itself; never news, even when the source is the bucket's root."""
     written = (
         layout.curated(), layout.quarantine("-"), layout.features("-"), layout.model("-"), layout.report("-"),
-        layout.manifest(), layout.staging(),
+        layout.manifest(), layout.staging(), layout.results(),
     )
     return tuple(sorted({uri.split("/", 4)[3] + "/" for uri in written}))
 

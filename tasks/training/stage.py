@@ -91,6 +91,7 @@ def default_objective(task: str) -> str:
     return f"{container.CHANNEL_VALIDATION}:{container.DEFAULT_METRICS[task][0]}"
 
 
+# No Prefect retries: a SageMaker training job name is used once (a rerun of the run resumes instead).
 @task(name="train", cache_policy=NO_CACHE)
 def train_stage(
     config: PipelineConfig, target: Target, run_id: str, features_uri: str, client: "Client | None" = None

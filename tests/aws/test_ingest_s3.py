@@ -102,7 +102,11 @@ def test_missing_bucket_is_reported_before_anything_is_read(sample_config, embed
 def test_source_at_the_bucket_root_does_not_ingest_updraft_outputs(sample_config, embedded_target: Target) -> None:
     config = dataclasses.replace(sample_config, source="")
     first = ingest_stage.fn(config, embedded_target, "run-1")
-    # curated/, quarantine/ and manifests/ now exist in the bucket: none of it is read as input
+    # curated/, quarantine/ and manifests/ now exist in the bucket, and Prefect's persisted stage
+    # results (tasks/resume.py) would too: none of it is read as input
+    embedded_target.client("s3").put_object(
+        Bucket=config.bucket, Key=f"{config.stages.results_prefix}{config.name}/run-1/ingest-0a1b", Body=b"pickle"
+    )
     second = ingest_stage.fn(config, embedded_target, "run-2")
     assert (first.files, first.rows_in) == (4, 900)
     assert (second.files, second.files_skipped) == (0, 4)
