@@ -38,7 +38,7 @@ from tasks.aws.target import Target
 from tasks.config import PipelineConfig
 from tasks.errors import ConfigError, DataError
 from tasks.layout import Layout
-from tasks.resume import RETRIES, RETRY_DELAYS_S, RETRY_JITTER, retry_unless_user_error
+from tasks.resume import SAFE_TO_RETRY
 
 log = logging.getLogger("updraft.evaluate")
 
@@ -1895,10 +1895,7 @@ def find_champion(config: PipelineConfig, target: Target, run_id: str, spec: Map
 @task(
     name="evaluate",
     cache_policy=NO_CACHE,
-    retries=RETRIES,
-    retry_delay_seconds=RETRY_DELAYS_S,
-    retry_jitter_factor=RETRY_JITTER,
-    retry_condition_fn=retry_unless_user_error,
+    **SAFE_TO_RETRY,
 )
 def evaluate_stage(config: PipelineConfig, target: Target, run_id: str, features_uri: str, model_dir: str) -> EvaluationResult:
     """Evaluate the run's model on its test split against the baselines and the champion;

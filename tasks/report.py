@@ -26,7 +26,7 @@ from tasks.aws.target import Target
 from tasks.config import PipelineConfig
 from tasks.evaluate import EvaluationResult, metric_label
 from tasks.layout import Layout
-from tasks.resume import RETRIES, RETRY_DELAYS_S, RETRY_JITTER, retry_unless_user_error
+from tasks.resume import SAFE_TO_RETRY
 from tasks.runs import run_dir
 
 _CSS = """
@@ -641,10 +641,7 @@ def write_report(html_text: str, path: Path) -> Path:
 @task(
     name="report",
     cache_policy=NO_CACHE,
-    retries=RETRIES,
-    retry_delay_seconds=RETRY_DELAYS_S,
-    retry_jitter_factor=RETRY_JITTER,
-    retry_condition_fn=retry_unless_user_error,
+    **SAFE_TO_RETRY,
 )
 def report_stage(
     config: PipelineConfig,

@@ -90,6 +90,16 @@ def retry_unless_user_error(task: Any, task_run: Any, state: Any) -> bool:
     return True
 
 
+#: The ``@task`` options of a stage whose work is safe to repeat (ingest, preprocess,
+#: evaluate, report): retries with backoff and jitter, never for a user error.
+SAFE_TO_RETRY: dict[str, Any] = {
+    "retries": RETRIES,
+    "retry_delay_seconds": RETRY_DELAYS_S,
+    "retry_jitter_factor": RETRY_JITTER,
+    "retry_condition_fn": retry_unless_user_error,
+}
+
+
 # --------------------------------------------------------------------------------------
 # Where results live
 

@@ -55,7 +55,7 @@ from tasks.features.split import DEFAULT_SALT, SPLITS, SplitPlan, finish_plan, m
 from tasks.features.stats import tree_reduce
 from tasks.features.transform import CLASS_LABEL_TASKS, OPTIONAL_LABEL_TASKS, build_spec
 from tasks.layout import Layout
-from tasks.resume import RETRIES, RETRY_DELAYS_S, RETRY_JITTER, retry_unless_user_error
+from tasks.resume import SAFE_TO_RETRY
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -468,10 +468,7 @@ def _warn_degenerate(spec: Mapping[str, Any]) -> None:
 @task(
     name="preprocess",
     cache_policy=NO_CACHE,
-    retries=RETRIES,
-    retry_delay_seconds=RETRY_DELAYS_S,
-    retry_jitter_factor=RETRY_JITTER,
-    retry_condition_fn=retry_unless_user_error,
+    **SAFE_TO_RETRY,
 )
 def preprocess_stage(
     config: PipelineConfig,

@@ -12,16 +12,13 @@ from tasks.config import PipelineConfig
 from tasks.contracts import load_contract
 from tasks.ingest import IngestResult, _without_pipeline_outputs, ingest_dataset, list_source_objects, log
 from tasks.layout import Layout
-from tasks.resume import RETRIES, RETRY_DELAYS_S, RETRY_JITTER, retry_unless_user_error
+from tasks.resume import SAFE_TO_RETRY
 
 
 @task(
     name="ingest",
     cache_policy=NO_CACHE,
-    retries=RETRIES,
-    retry_delay_seconds=RETRY_DELAYS_S,
-    retry_jitter_factor=RETRY_JITTER,
-    retry_condition_fn=retry_unless_user_error,
+    **SAFE_TO_RETRY,
 )
 def ingest_stage(config: PipelineConfig, target: Target, run_id: str, client: Any = None) -> IngestResult:
     """Prefect task: the source's new and changed files into ``curated/<dataset>/`` and
