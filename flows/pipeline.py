@@ -21,7 +21,7 @@ from prefect import flow, get_run_logger
 from tasks.aws.target import resolve_target
 from tasks.compute import dask_client
 from tasks.config import PipelineConfig, load_config
-from tasks.resume import RunStages, flow_run_run_id, resume_hint, run_results_uri, with_local_model
+from tasks.resume import RunStages, flow_run_run_id, local_endpoint_died, resume_hint, run_results_uri, with_local_model
 
 
 @contextlib.contextmanager
@@ -124,7 +124,9 @@ def run_pipeline(
         summary["register"] = _plain(registered)
         # 6. deploy: the endpoint (a local process on local targets)
         with _timed(timings, "deploy"):
-            deployed = stages(deploy_stage)(
+            # a resumed run whose local endpoint has died since deploys it again
+            redeploy = local_endpoint_died(target, config.endpoint_name, run_id)
+            deployed = stages(deploy_stage, refresh=redeploy)(
                 config, target, run_id, trained.model_uri, trained.model_dir, evaluation,
                 model_package_arn=registered.model_package_arn,
             )

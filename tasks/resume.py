@@ -300,7 +300,8 @@ class RunStages:
         self.resume = config.stages.resume if resume is None else resume
         self._storage: RemoteFileSystem | None = None
 
-    def __call__(self, stage: T) -> T:
+    def __call__(self, stage: T, *, refresh: bool = False) -> T:
+        """``refresh``: run the stage even if a stored result exists (and store the new one)."""
         options: dict[str, Any] = {}
         # Prefect enforces a timeout with SIGALRM on the main thread only; elsewhere (the
         # ingest watcher runs flows in a thread) it could not interrupt the stage anyway.
@@ -310,6 +311,8 @@ class RunStages:
             if self._storage is None:
                 self._storage = result_storage(self.config, self.target)
             options.update(cache_policy=StageCache(), persist_result=True, result_storage=self._storage)
+            if refresh:
+                options["refresh_cache"] = True
         return stage.with_options(**options) if options else stage
 
 
@@ -349,6 +352,22 @@ def with_local_model(trained: TrainResult, target: Target, run_id: str) -> Train
     log.info("model folder of run %s is not on this machine: fetching %s", run_id, trained.model_uri)
     fetched = fetch_model(target.filesystem(), trained.model_uri, run_dir(run_id) / "train", run_id=run_id)
     return dataclasses.replace(trained, model_dir=str(fetched))
+
+
+def local_endpoint_died(target: Target, endpoint_name: str, run_id: str) -> bool:
+    """Whether this run's local endpoint was deployed and its server has died since.
+
+    A stored deploy result then stands for nothing: resuming the run deploys again. An
+    endpoint deleted on purpose, or since redeployed by another run, is left as it is.
+    """
+    if not target.is_local:
+        return False
+    from tasks.deploy.local_endpoints import list_local_endpoints
+
+    for info in list_local_endpoints():
+        if info.name == endpoint_name:
+            return info.run_id == run_id and not info.alive
+    return False
 
 
 def resume_hint(config_path: str, run_id: str) -> str:

@@ -24,6 +24,7 @@ from tasks.resume import (
     RunStages,
     StageCache,
     config_fingerprint,
+    local_endpoint_died,
     retry_unless_user_error,
     stage_key,
     stage_timeout_s,
@@ -218,6 +219,35 @@ def test_run_stages_resumes_the_stages_that_cost_work_and_reruns_the_report(tmp_
 
     alone = RunStages(config, MemoryTarget("m"), resume=False)(train_stage)  # a stage flow: timeout only
     assert not isinstance(alone.cache_policy, StageCache) and alone.timeout_seconds == stage_timeout_s(config, "train")
+    assert stages(deploy_stage, refresh=True).refresh_cache is True and not stages(deploy_stage).refresh_cache
+
+
+def test_a_resumed_run_redeploys_only_a_local_endpoint_of_its_own_that_died(tmp_path: Path) -> None:
+    """The endpoint record of a run whose server is gone (crashed, machine restarted): deploy again.
+    Deleted on purpose, redeployed by another run, still serving, or on aws: leave it."""
+    import subprocess
+    import sys
+
+    from tasks.aws.target import Target
+    from tasks.deploy.local_endpoints import EndpointInfo, _write_state, endpoints_root
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+
+    def record(name: str, run_id: str, pid: int) -> None:
+        folder = endpoints_root() / name
+        folder.mkdir(parents=True, exist_ok=True)
+        _write_state(folder, EndpointInfo(
+            name=name, url="http://127.0.0.1:9/invocations", port=9, pid=pid, model_uri="s3://b/m",
+            created_at="2026-11-27T00:00:00Z", run_id=run_id, model_dir=str(tmp_path),
+        ))
+
+    local, aws = Target(kind="embedded", region="us-east-1"), Target(kind="aws", region="us-east-1")
+    record("claims", "run-1", dead.pid)
+    assert local_endpoint_died(local, "claims", "run-1")
+    assert not local_endpoint_died(aws, "claims", "run-1")
+    assert not local_endpoint_died(local, "claims", "run-0")  # another run's since: not ours to replace
+    assert not local_endpoint_died(local, "other", "run-1")  # no record: deleted on purpose
 
 
 def test_no_timeout_where_prefect_could_not_enforce_it(tmp_path: Path) -> None:
