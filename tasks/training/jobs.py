@@ -34,6 +34,13 @@ from tasks.training.local_job import TrainResult, log_container_line
 if TYPE_CHECKING:
     from tasks.config import PipelineConfig
 
+try:  # Prefect's termination and cancellation signals (BaseException, raised into the waiting task)
+    from prefect.exceptions import ExternalSignal as _ExternalSignal
+except ImportError:  # pragma: no cover - the training image has no Prefect; nothing raises it there
+    class _ExternalSignal(BaseException):  # type: ignore[no-redef]
+        pass
+
+
 logger = logging.getLogger("updraft.train")
 
 #: Metrics the entry point may print (its defaults: auc, mlogloss, rmse; the rest by ``eval_metric``).
@@ -549,25 +556,53 @@ def run_sagemaker_training_job(
     poll_s: float = 30.0,
     sleep: Callable[[float], None] = time.sleep,
 ) -> dict[str, Any]:
-    """Create a managed training job and wait for it (see :func:`wait_for_training_job`)."""
+    """Create a managed training job and wait for it (see :func:`wait_for_training_job`).
+
+    The job's name is the run's, so a job of that name was started by an earlier attempt
+    of this run (resumed with ``--run-id``, or a retried flow run): one still running or
+    completed is waited for instead of failing on the name; one that failed or was stopped
+    cannot be repeated under it. When the wait itself is cut short (a Prefect timeout,
+    Ctrl-C, the flow run cancelled) the job is stopped, so nothing keeps billing for a
+    model no one will collect.
+    """
     name = request["TrainingJobName"]
     try:
         sm_client.create_training_job(**request)
     except ClientError as exc:
         error = exc.response.get("Error", {})
-        if error.get("Code") == "ResourceInUse":
-            raise StageError(f"a training job named {name} already exists; start a new run") from None
-        raise StageError(
-            f"SageMaker refused training job {name}: {error.get('Code', 'error')}: {error.get('Message', exc)}"
-        ) from None
-    logger.info(
-        "training job %s created: %d x %s%s",
-        name,
-        request["ResourceConfig"]["InstanceCount"],
-        request["ResourceConfig"]["InstanceType"],
-        ", managed spot" if request.get("EnableManagedSpotTraining") else "",
-    )
-    return wait_for_training_job(sm_client, name, logs_client, poll_s=poll_s, sleep=sleep)
+        if error.get("Code") != "ResourceInUse":
+            raise StageError(
+                f"SageMaker refused training job {name}: {error.get('Code', 'error')}: {error.get('Message', exc)}"
+            ) from None
+        status = sm_client.describe_training_job(TrainingJobName=name)["TrainingJobStatus"]
+        if status not in ("InProgress", "Stopping", "Completed"):
+            raise StageError(
+                f"training job {name}, started by an earlier attempt of this run, is {status} and SageMaker "
+                "does not reuse job names: start a new run (without --run-id)"
+            ) from None
+        logger.info("training job %s was started by an earlier attempt of this run (%s): waiting for it", name, status)
+    else:
+        logger.info(
+            "training job %s created: %d x %s%s",
+            name,
+            request["ResourceConfig"]["InstanceCount"],
+            request["ResourceConfig"]["InstanceType"],
+            ", managed spot" if request.get("EnableManagedSpotTraining") else "",
+        )
+    try:
+        return wait_for_training_job(sm_client, name, logs_client, poll_s=poll_s, sleep=sleep)
+    except (TimeoutError, KeyboardInterrupt, SystemExit, _ExternalSignal) as exc:
+        _stop_abandoned_job(sm_client, name, exc)
+        raise
+
+
+def _stop_abandoned_job(sm_client: Any, name: str, why: BaseException) -> None:
+    """Best effort: the waiter is going away, so stop the job rather than leave it running unseen."""
+    try:
+        sm_client.stop_training_job(TrainingJobName=name)
+        logger.warning("stopped training job %s: the wait for it ended (%s)", name, type(why).__name__)
+    except Exception as exc:  # the original interruption matters more than this failure
+        logger.error("could not stop training job %s after the wait ended (%s): %s; stop it by hand", name, type(why).__name__, exc)
 
 
 def wait_for_training_job(

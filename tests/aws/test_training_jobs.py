@@ -499,11 +499,22 @@ def test_a_failed_job_raises_with_sagemakers_reason(sagemaker, caplog):
     assert "InProgress / Downloading: Downloading input data" in caplog.text
 
 
-def test_a_taken_job_name_is_a_clear_error(sagemaker):
+def test_a_taken_job_name_that_cannot_be_waited_for_is_a_clear_error(sagemaker):
+    """The run's job name is taken by a job that was stopped: SageMaker never reuses a name."""
     with Stubber(sagemaker) as stub:
         stub.add_client_error("create_training_job", service_error_code="ResourceInUse",
                               service_message="Training job names must be unique", http_status_code=400)
-        with pytest.raises(StageError, match="already exists"):
+        stub.add_response("describe_training_job", {
+            "TrainingJobName": "demo-run-1",
+            "TrainingJobArn": "arn:aws:sagemaker:us-east-1:123456789012:training-job/demo-run-1",
+            "ModelArtifacts": {"S3ModelArtifacts": ""},
+            "AlgorithmSpecification": {"TrainingInputMode": "File"},
+            "ResourceConfig": {"InstanceType": "ml.m5.xlarge", "InstanceCount": 1, "VolumeSizeInGB": 30},
+            "StoppingCondition": {"MaxRuntimeInSeconds": 3600},
+            "CreationTime": dt.datetime(2026, 11, 26, tzinfo=dt.UTC),
+            "TrainingJobStatus": "Stopped", "SecondaryStatus": "Stopped",
+        }, {"TrainingJobName": "demo-run-1"})
+        with pytest.raises(StageError, match="is Stopped and SageMaker does not reuse job names: start a new run"):
             run_sagemaker_training_job(sagemaker, _request(), poll_s=0)
 
 

@@ -243,3 +243,54 @@ def test_a_managed_job_is_created_and_its_logs_follow_the_status(caplog):
     assert f"[{NAME}] validation:auc=0.81" in caplog.text
     assert f"[{NAME}] resumed from checkpoint round 40" in caplog.text
     assert f"training job {NAME} created: 1 x ml.m5.xlarge, managed spot" in caplog.text
+
+
+def test_a_resumed_run_waits_for_the_job_its_earlier_attempt_started(caplog):
+    """The name is taken by this run's own job, still training: wait for it, do not fail on the name."""
+    sm = _client("sagemaker")
+    request = _request()
+    t = Timeline()
+    in_use = {"Code": "ResourceInUse", "Message": f"Training job {NAME} already exists"}
+    with Stubber(sm) as stub:
+        stub.add_client_error("create_training_job", service_error_code="ResourceInUse",
+                              service_message=in_use["Message"], http_status_code=400, expected_params=request)
+        stub.add_response("describe_training_job", t.step("InProgress", "Training"), {"TrainingJobName": NAME})
+        stub.add_response("describe_training_job", t.step("InProgress", "Training"), {"TrainingJobName": NAME})
+        stub.add_response("describe_training_job", t.step("Completed", "Completed"), {"TrainingJobName": NAME})
+        with caplog.at_level(logging.INFO, logger="updraft.train"):
+            desc = run_sagemaker_training_job(sm, request, poll_s=0, sleep=lambda s: None)
+        stub.assert_no_pending_responses()
+    assert desc["TrainingJobStatus"] == "Completed"
+    assert f"training job {NAME} was started by an earlier attempt of this run (InProgress): waiting for it" in caplog.text
+
+
+def test_a_failed_job_of_an_earlier_attempt_says_to_start_a_new_run():
+    sm = _client("sagemaker")
+    request = _request()
+    with Stubber(sm) as stub:
+        stub.add_client_error("create_training_job", service_error_code="ResourceInUse",
+                              service_message="exists", http_status_code=400, expected_params=request)
+        stub.add_response("describe_training_job", Timeline().step("Failed", "Failed", FailureReason="OOM"),
+                          {"TrainingJobName": NAME})
+        with pytest.raises(StageError, match=r"is Failed and SageMaker does not reuse job names: start a new run"):
+            run_sagemaker_training_job(sm, request, poll_s=0, sleep=lambda s: None)
+
+
+@pytest.mark.parametrize("interruption", [TimeoutError("stage timed out"), KeyboardInterrupt()])
+def test_a_wait_cut_short_stops_the_job_and_passes_the_interruption_on(caplog, interruption):
+    """A Prefect timeout or Ctrl-C ends the wait: the job is stopped, not left billing unseen."""
+    sm = _client("sagemaker")
+    request = _request()
+    t = Timeline()
+
+    def interrupted_sleep(seconds: float) -> None:
+        raise interruption
+
+    with Stubber(sm) as stub:
+        stub.add_response("create_training_job", {"TrainingJobArn": ARN}, request)
+        stub.add_response("describe_training_job", t.step("InProgress", "Training"), {"TrainingJobName": NAME})
+        stub.add_response("stop_training_job", {}, {"TrainingJobName": NAME})
+        with caplog.at_level(logging.INFO, logger="updraft.train"), pytest.raises(type(interruption)):
+            run_sagemaker_training_job(sm, request, poll_s=5, sleep=interrupted_sleep)
+        stub.assert_no_pending_responses()
+    assert f"stopped training job {NAME}: the wait for it ended ({type(interruption).__name__})" in caplog.text
