@@ -11,6 +11,7 @@ local run recorded in the endpoint's SageMaker API; waiting for a managed job.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import gzip
 import json
@@ -19,7 +20,7 @@ import os
 import re
 import tarfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -574,13 +575,7 @@ def run_sagemaker_training_job(
             raise StageError(
                 f"SageMaker refused training job {name}: {error.get('Code', 'error')}: {error.get('Message', exc)}"
             ) from None
-        status = sm_client.describe_training_job(TrainingJobName=name)["TrainingJobStatus"]
-        if status not in ("InProgress", "Stopping", "Completed"):
-            raise StageError(
-                f"training job {name}, started by an earlier attempt of this run, is {status} and SageMaker "
-                "does not reuse job names: start a new run (without --run-id)"
-            ) from None
-        logger.info("training job %s was started by an earlier attempt of this run (%s): waiting for it", name, status)
+        existing_job_to_wait_for("training job", name, sm_client.describe_training_job(TrainingJobName=name)["TrainingJobStatus"])
     else:
         logger.info(
             "training job %s created: %d x %s%s",
@@ -589,20 +584,39 @@ def run_sagemaker_training_job(
             request["ResourceConfig"]["InstanceType"],
             ", managed spot" if request.get("EnableManagedSpotTraining") else "",
         )
-    try:
+    with stopped_if_abandoned(f"training job {name}", lambda: sm_client.stop_training_job(TrainingJobName=name)):
         return wait_for_training_job(sm_client, name, logs_client, poll_s=poll_s, sleep=sleep)
-    except (TimeoutError, KeyboardInterrupt, SystemExit, _ExternalSignal) as exc:
-        _stop_abandoned_job(sm_client, name, exc)
+
+
+#: What ends a wait without the job ending: a Prefect timeout, Ctrl-C, the process told to
+#: exit, Prefect's termination and cancellation signals.
+INTERRUPTIONS: tuple[type[BaseException], ...] = (TimeoutError, KeyboardInterrupt, SystemExit, _ExternalSignal)
+
+
+@contextlib.contextmanager
+def stopped_if_abandoned(what: str, stop: Callable[[], Any]) -> Iterator[None]:
+    """Stop a SageMaker job (best effort) when the wait for it is interrupted, then let the
+    interruption go on: a job no one waits for would bill for a result no one collects."""
+    try:
+        yield
+    except INTERRUPTIONS as why:
+        try:
+            stop()
+            logger.warning("stopped %s: the wait for it ended (%s)", what, type(why).__name__)
+        except Exception as exc:  # the interruption matters more than this failure
+            logger.error("could not stop %s after the wait ended (%s): %s; stop it by hand", what, type(why).__name__, exc)
         raise
 
 
-def _stop_abandoned_job(sm_client: Any, name: str, why: BaseException) -> None:
-    """Best effort: the waiter is going away, so stop the job rather than leave it running unseen."""
-    try:
-        sm_client.stop_training_job(TrainingJobName=name)
-        logger.warning("stopped training job %s: the wait for it ended (%s)", name, type(why).__name__)
-    except Exception as exc:  # the original interruption matters more than this failure
-        logger.error("could not stop training job %s after the wait ended (%s): %s; stop it by hand", name, type(why).__name__, exc)
+def existing_job_to_wait_for(kind: str, name: str, status: str) -> None:
+    """A job named for this run exists already (an earlier attempt started it): fine to wait for
+    while it runs or once it completed; one that failed or stopped cannot be repeated under its name."""
+    if status not in ("InProgress", "Stopping", "Completed"):
+        raise StageError(
+            f"{kind} {name}, started by an earlier attempt of this run, is {status} and SageMaker "
+            "does not reuse job names: start a new run (without --run-id)"
+        )
+    logger.info("%s %s was started by an earlier attempt of this run (%s): waiting for it", kind, name, status)
 
 
 def wait_for_training_job(

@@ -25,7 +25,7 @@ from botocore.exceptions import ClientError
 
 from tasks.config import HyperparameterRange, metric_is_maximized
 from tasks.errors import ConfigError, StageError
-from tasks.training.jobs import training_job_name
+from tasks.training.jobs import existing_job_to_wait_for, stopped_if_abandoned, training_job_name
 
 if TYPE_CHECKING:
     from tasks.config import TuneConfig
@@ -230,24 +230,29 @@ def run_sagemaker_tuning_job(
 
     Progress is logged whenever the status, the trial counters or the best trial change.
     A Failed or Stopped tuning job raises :class:`StageError` with SageMaker's reason; so
-    does a completed one without a single successful trial.
+    does a completed one without a single successful trial. As with training jobs, a job
+    this run's earlier attempt started is waited for, and a wait cut short stops the job.
     """
     name = request["HyperParameterTuningJobName"]
     try:
         sm_client.create_hyper_parameter_tuning_job(**request)
     except ClientError as exc:
         error = exc.response.get("Error", {})
-        if error.get("Code") in ("ResourceInUse", "ResourceInUseException"):
-            raise StageError(f"a tuning job named {name} already exists; start a new run") from None
-        raise StageError(
-            f"SageMaker refused tuning job {name}: {error.get('Code', 'error')}: {error.get('Message', exc)}"
-        ) from None
-    limits = request["HyperParameterTuningJobConfig"]["ResourceLimits"]
-    logger.info(
-        "tuning job %s created: up to %d trials, %d at a time",
-        name, limits["MaxNumberOfTrainingJobs"], limits["MaxParallelTrainingJobs"],
-    )
-    desc = wait_for_tuning_job(sm_client, name, poll_s=poll_s, sleep=sleep)
+        if error.get("Code") not in ("ResourceInUse", "ResourceInUseException"):
+            raise StageError(
+                f"SageMaker refused tuning job {name}: {error.get('Code', 'error')}: {error.get('Message', exc)}"
+            ) from None
+        existing = sm_client.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=name)
+        existing_job_to_wait_for("tuning job", name, existing["HyperParameterTuningJobStatus"])
+    else:
+        limits = request["HyperParameterTuningJobConfig"]["ResourceLimits"]
+        logger.info(
+            "tuning job %s created: up to %d trials, %d at a time",
+            name, limits["MaxNumberOfTrainingJobs"], limits["MaxParallelTrainingJobs"],
+        )
+    stop = lambda: sm_client.stop_hyper_parameter_tuning_job(HyperParameterTuningJobName=name)  # noqa: E731
+    with stopped_if_abandoned(f"tuning job {name}", stop):
+        desc = wait_for_tuning_job(sm_client, name, poll_s=poll_s, sleep=sleep)
     return _best_trial(sm_client, name, desc)
 
 

@@ -243,10 +243,35 @@ def test_a_tuning_job_without_a_successful_trial_is_an_error(caplog):
         _run([_describe("Completed", failed=12)], caplog)
 
 
-def test_a_taken_tuning_job_name_is_a_clear_error():
+def test_a_taken_tuning_job_name_that_cannot_be_waited_for_is_a_clear_error():
     sm = boto3.client("sagemaker", region_name=REGION, aws_access_key_id="x", aws_secret_access_key="x")
     with Stubber(sm) as stub:
         stub.add_client_error("create_hyper_parameter_tuning_job", service_error_code="ResourceInUse",
                               service_message="Hyper Parameter Tuning Job already exists", http_status_code=400)
-        with pytest.raises(StageError, match="a tuning job named .* already exists; start a new run"):
+        stub.add_response("describe_hyper_parameter_tuning_job", _describe("Failed", FailureReason="quota"),
+                          {"HyperParameterTuningJobName": NAME})
+        with pytest.raises(StageError, match="tuning job .* is Failed and SageMaker does not reuse job names: start a new run"):
             run_sagemaker_tuning_job(sm, _tuning_request(), poll_s=0, sleep=lambda s: None)
+
+
+def test_a_resumed_run_waits_for_its_tuning_job_and_a_cut_short_wait_stops_it(caplog):
+    """The run's tuning job runs already (an earlier attempt): wait for it; a Prefect timeout
+    during that wait stops the tuning job and goes on."""
+    sm = boto3.client("sagemaker", region_name=REGION, aws_access_key_id="x", aws_secret_access_key="x")
+
+    def timed_out(seconds: float) -> None:
+        raise TimeoutError("stage timed out")
+
+    with Stubber(sm) as stub:
+        stub.add_client_error("create_hyper_parameter_tuning_job", service_error_code="ResourceInUse",
+                              service_message="Hyper Parameter Tuning Job already exists", http_status_code=400)
+        stub.add_response("describe_hyper_parameter_tuning_job", _describe("InProgress", running=3),
+                          {"HyperParameterTuningJobName": NAME})
+        stub.add_response("describe_hyper_parameter_tuning_job", _describe("InProgress", running=3),
+                          {"HyperParameterTuningJobName": NAME})
+        stub.add_response("stop_hyper_parameter_tuning_job", {}, {"HyperParameterTuningJobName": NAME})
+        with caplog.at_level(logging.INFO, logger="updraft.train"), pytest.raises(TimeoutError):
+            run_sagemaker_tuning_job(sm, _tuning_request(), poll_s=5, sleep=timed_out)
+        stub.assert_no_pending_responses()
+    assert f"tuning job {NAME} was started by an earlier attempt of this run (InProgress): waiting for it" in caplog.text
+    assert f"stopped tuning job {NAME}: the wait for it ended (TimeoutError)" in caplog.text
