@@ -27,7 +27,7 @@ STAGE_WORK = {  # the function each stage's Prefect task calls to do its work
     "ingest": ("tasks.ingest.stage", "ingest_dataset"),
     "preprocess": ("tasks.features.preprocess", "preprocess_dataset"),
     "train": ("tasks.training.stage", "run_local_training_job"),
-    "evaluate": ("tasks.evaluate", "evaluate_model"),
+    "evaluate": ("tasks.evaluate.stage", "evaluate_model"),
     "register": ("tasks.registry", "register_model"),
 }
 

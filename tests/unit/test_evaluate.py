@@ -347,11 +347,10 @@ def scored_binary() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def test_binary_metrics_equal_scikit_learns_on_the_data_and_on_a_resample(scored_binary):
     from sklearn import metrics as skm
 
-    from tasks.evaluate import (
+    from tasks.evaluate.bootstrap import _mean_of, _point
+    from tasks.evaluate.metrics import (
         _binary_log_loss_rows,
         _confusion_rates,
-        _mean_of,
-        _point,
         _resampled_auc,
         _resampled_average_precision,
     )
@@ -377,7 +376,8 @@ def test_binary_metrics_equal_scikit_learns_on_the_data_and_on_a_resample(scored
 def test_calibration_error_and_the_reliability_table(scored_binary):
     from sklearn.calibration import calibration_curve
 
-    from tasks.evaluate import _point, _resampled_ece, reliability_table
+    from tasks.evaluate.bootstrap import _point
+    from tasks.evaluate.calibration import _resampled_ece, reliability_table
 
     y, p, _ = scored_binary
     table = reliability_table(y, p)
@@ -415,7 +415,7 @@ def test_multiclass_and_regression_metrics_equal_scikit_learns():
 def test_regression_and_multiclass_statistics_on_a_resample_equal_scikit_learns():
     from sklearn import metrics as skm
 
-    from tasks.evaluate import _resampled_macro_f1, _resampled_r2, _resampled_rmse
+    from tasks.evaluate.metrics import _resampled_macro_f1, _resampled_r2, _resampled_rmse
 
     rng = np.random.default_rng(5)
     y, pred = rng.normal(size=400), rng.normal(size=400)
@@ -429,13 +429,14 @@ def test_regression_and_multiclass_statistics_on_a_resample_equal_scikit_learns(
 
 
 def test_the_bootstrap_is_seeded_and_does_not_depend_on_the_threads(monkeypatch, scored_binary):
-    from tasks.evaluate import _resampled_auc, bootstrap_many
+    from tasks.evaluate import bootstrap_many
+    from tasks.evaluate.metrics import _resampled_auc
 
     y, p, _ = scored_binary
     statistic = {"auc": _resampled_auc(y, p)}
-    monkeypatch.setattr("tasks.evaluate._BOOTSTRAP_BLOCK_CELLS", 7000)  # several blocks
+    monkeypatch.setattr("tasks.evaluate.bootstrap._BOOTSTRAP_BLOCK_CELLS", 7000)  # several blocks
     threaded = bootstrap_many(statistic, y.size, n_boot=300, seed=4)["auc"]
-    monkeypatch.setattr("tasks.evaluate._BOOTSTRAP_THREADS", 1)
+    monkeypatch.setattr("tasks.evaluate.bootstrap._BOOTSTRAP_THREADS", 1)
     single = bootstrap_many(statistic, y.size, n_boot=300, seed=4)["auc"]
     np.testing.assert_array_equal(threaded, single)
     assert not np.array_equal(single, bootstrap_many(statistic, y.size, n_boot=300, seed=5)["auc"])

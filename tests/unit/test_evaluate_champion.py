@@ -340,11 +340,11 @@ def test_find_champion_loads_the_model_and_rebuilds_raw_rows_when_transforms_dif
     fs = _LocalFS(tmp_path / "s3")
     _tar(project["old_champion"], fs.root / "b/models/run-old/model.tar.gz")
     monkeypatch.setattr("tasks.registry.champion_model_data", lambda *a: "s3://b/models/run-old/model.tar.gz", raising=False)
-    monkeypatch.setattr("tasks.evaluate.Layout.curated", lambda self: project["curated"])
+    monkeypatch.setattr("tasks.evaluate.stage.Layout.curated", lambda self: project["curated"])
     found = find_champion(_config(), _Target(fs), "run-new", project["features"]["spec"], tmp_path / "work")
     assert found.bundle.metadata["run_id"] == "run-old" and found.unavailable is None and found.incomparable is None
     assert found.rows is not None and len(found.rows) == len(_splits(project)[1])
     # the curated data over the limit: said in words rather than read whole
-    monkeypatch.setattr("tasks.evaluate.MAX_CURATED_ROWS_FOR_CHAMPION", 100)
+    monkeypatch.setattr("tasks.evaluate.stage.MAX_CURATED_ROWS_FOR_CHAMPION", 100)
     capped = find_champion(_config(), _Target(fs), "run-new", project["features"]["spec"], tmp_path / "work2")
     assert capped.rows is None and "more than the 100 the evaluate stage reads whole" in capped.incomparable

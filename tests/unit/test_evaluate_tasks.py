@@ -18,10 +18,10 @@ from tasks.errors import DataError
 from tasks.evaluate import (
     EvaluationResult,
     RankedQueries,
-    _baseline_rows,
     evaluate_model,
     precision_at_k,
 )
+from tasks.evaluate.baselines import _baseline_rows
 from tasks.registry import gate_metadata
 from tasks.report import _num, render_report
 
@@ -187,7 +187,7 @@ def test_ranking_needs_the_query_ids_and_judgeable_queries(ranking):
 
 
 def test_big_train_splits_are_sampled_by_whole_queries(monkeypatch):
-    monkeypatch.setattr("tasks.evaluate.MAX_BASELINE_TRAIN_ROWS", 100)
+    monkeypatch.setattr("tasks.evaluate.baselines.MAX_BASELINE_TRAIN_ROWS", 100)
     groups = np.repeat(np.arange(40), 7)
     keep = _baseline_rows(groups.size, groups, seed=3)
     kept = pd.Series(groups[keep]).value_counts()
@@ -362,7 +362,7 @@ def test_anomaly_metrics_equal_scikit_learns_and_precision_k_comes_from_the_conf
 
 
 def test_precision_at_k_on_a_resample_counts_ties_by_expectation():
-    from tasks.evaluate import _resampled_precision_at_k
+    from tasks.evaluate.metrics import _resampled_precision_at_k
 
     rng = np.random.default_rng(3)
     y = (rng.random(300) < 0.1).astype(int)
@@ -409,7 +409,7 @@ def test_slices_give_each_segment_values_metric_with_its_count_and_flag_small_on
 
 
 def test_the_rarest_values_beyond_the_limit_are_counted_together(monkeypatch):
-    monkeypatch.setattr("tasks.evaluate.MAX_SLICES", 2)
+    monkeypatch.setattr("tasks.evaluate.slices.MAX_SLICES", 2)
     train, test = _binary_with_segments(800, 3), _binary_with_segments(1000, 4)
     bundle = ScoreBundle("binary_classification", lambda X: X[:, 0])
     slices = evaluate_model(bundle=bundle, train=train, test=test, task="binary_classification", segment="channel").slices
