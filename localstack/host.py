@@ -437,6 +437,16 @@ def _raise_on_sigterm() -> None:
 # --- commands --------------------------------------------------------------------------------
 
 
+def _start_and_wait(localstack: "HostLocalStack | DockerLocalStack") -> None:
+    """Start LocalStack and wait for its health and init hooks; its log is shown if it never gets there."""
+    localstack.start()
+    try:
+        wait_until_ready(localstack.endpoint, localstack.alive)
+    except LocalStackError:
+        _show_logs(localstack)
+        raise
+
+
 def command_run(port: int, command: list[str]) -> int:
     if not command:
         raise LocalStackError("run needs a command after --, e.g. run -- python -m pytest tests/localstack")
@@ -445,12 +455,7 @@ def command_run(port: int, command: list[str]) -> int:
     localstack = make_localstack(choose_port(port))
     ok = False
     try:
-        localstack.start()
-        try:
-            wait_until_ready(localstack.endpoint, localstack.alive)
-        except LocalStackError:
-            _show_logs(localstack)
-            raise
+        _start_and_wait(localstack)
         say(f"ready after {time.monotonic() - started:.1f} s; running: {' '.join(command)}")
         code = subprocess.run(command, env=client_environment(localstack.endpoint)).returncode
         ok = code == 0
@@ -469,12 +474,7 @@ def command_up(port: int) -> int:
     _raise_on_sigterm()
     localstack = make_localstack(choose_port(port), project="updraft-localstack")
     try:
-        localstack.start()
-        try:
-            wait_until_ready(localstack.endpoint, localstack.alive)
-        except LocalStackError:
-            _show_logs(localstack)
-            raise
+        _start_and_wait(localstack)
         print(
             f"LocalStack is ready. In another shell:\n"
             f"  export AWS_ENDPOINT_URL={localstack.endpoint} AWS_ACCESS_KEY_ID=test "
