@@ -219,11 +219,9 @@ def require_aws_target(target: Target) -> None:
 
 
 def stack_repository_outputs(target: Target, stack: str) -> dict[str, str]:
-    """The stack's outputs through ``tasks.aws.stacks`` (``updraft infra``), imported when needed."""
-    try:
-        from tasks.aws.stacks import stack_outputs
-    except ImportError as exc:  # pragma: no cover - only before tasks/aws/stacks.py exists
-        raise ImageError(f"--stack needs updraft's infrastructure module ({exc}); pass --registry instead") from None
+    """The outputs of the stack ``updraft infra deploy`` created (its ECR repositories among them)."""
+    from tasks.aws.stacks import stack_outputs
+
     return stack_outputs(target, stack)
 
 

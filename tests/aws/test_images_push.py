@@ -14,7 +14,6 @@ import json
 import os
 import sys
 import textwrap
-import types
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -153,25 +152,8 @@ def test_push_logs_in_with_the_decoded_token_on_stdin_then_tags_and_pushes_each_
     }
 
 
-@pytest.fixture()
-def stack_outputs_available(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``tasks.aws.stacks.stack_outputs`` itself, or, until that module exists, the agreed
-    behaviour (describe_stacks' outputs as a dict) so the push side can be tested alone."""
-    try:
-        import tasks.aws.stacks
-    except ImportError:
-        stand_in = types.ModuleType("tasks.aws.stacks")
-
-        def stack_outputs(target: Target, stack_name: str) -> dict[str, str]:
-            stack = target.client("cloudformation").describe_stacks(StackName=stack_name)["Stacks"][0]
-            return {out["OutputKey"]: out["OutputValue"] for out in stack.get("Outputs", [])}
-
-        stand_in.stack_outputs = stack_outputs  # type: ignore[attr-defined]
-        monkeypatch.setitem(sys.modules, "tasks.aws.stacks", stand_in)
-
-
 def test_push_reads_the_repositories_from_the_stack_outputs_and_pushes_the_gpu_variant(
-    embedded_target: Target, fake_docker: FakeDocker, stack_outputs_available: None
+    embedded_target: Target, fake_docker: FakeDocker
 ) -> None:
     template = {
         "Resources": {
